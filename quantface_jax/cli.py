@@ -1,0 +1,114 @@
+"""The `quantface` command: thin argument parsing over the library."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import pathlib
+import sys
+
+from quantface_jax.version import __version__
+
+log = logging.getLogger("quantface")
+
+
+def _model_config(name_or_path: str):
+  """The OSDFaceConfig of a preset name or a checkpoint directory, without loading weights."""
+  from quantface_jax.models.configs import PRESETS, OSDFaceConfig
+  if name_or_path in PRESETS:
+    return PRESETS[name_or_path]
+  path = pathlib.Path(name_or_path)
+  config_file = path / "config.json" if path.is_dir() else path
+  if not config_file.exists():
+    raise SystemExit(f"quantface: {name_or_path!r} is neither a preset ({', '.join(PRESETS)}) "
+                     f"nor a checkpoint directory with a config.json")
+  return OSDFaceConfig.from_dict(json.loads(config_file.read_text()))
+
+
+def cmd_info(args) -> int:
+  from quantface_jax.models.osdface import abstract, parameter_counts
+  cfg = _model_config(args.model)
+  counts = parameter_counts(abstract(cfg))
+  info = {"model": args.model, "parameters": counts, "config": dataclasses.asdict(cfg)}
+  if args.json:
+    print(json.dumps(info, indent=2))
+  else:
+    print(f"{args.model}: {cfg.name} at {cfg.resolution}px, t={cfg.timestep}")
+    for part, n in counts.items():
+      print(f"  {part:<18}{n:>15,}")
+  return 0
+
+
+def cmd_restore(args) -> int:
+  from quantface_jax.checkpoint import load
+  from quantface_jax.data.io import list_images
+  from quantface_jax.inference import DTYPES, make_restore_fn, restore_files
+
+  model = load(args.ckpt)
+  files = list_images(args.input)
+  if not files:
+    raise SystemExit(f"quantface restore: no images found at {args.input}")
+  restore = make_restore_fn(model, dtype=DTYPES[args.dtype])
+  result = restore_files(restore, files, pathlib.Path(args.output), resolution=model.config.resolution,
+                         batch_size=args.batch_size, compare=args.compare)
+  print(f"restored {len(result.written)}, skipped {len(result.skipped)} existing, "
+        f"failed {len(result.failed)} -> {args.output}")
+  for f, reason in result.failed.items():
+    print(f"  failed: {reason}", file=sys.stderr)
+  return 1 if result.failed else 0
+
+
+def cmd_convert(args) -> int:
+  from quantface_jax.checkpoint import save_model
+  from quantface_jax.convert import convert_release
+  model, report = convert_release(args.sd, args.osdface, allow_unexpected=args.allow_unexpected,
+                                  lora_alpha=args.lora_alpha)
+  save_model(model, args.out, report=report)
+  print(report.summary() if hasattr(report, "summary") else report)
+  print(f"wrote {args.out}")
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="quantface", description=__doc__)
+  p.add_argument("--version", action="version", version=f"quantface-jax {__version__}")
+  p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+  sub = p.add_subparsers(dest="command", required=True)
+
+  s = sub.add_parser("info", help="config and parameter counts of a preset or checkpoint (nothing allocated)")
+  s.add_argument("model", help="preset (tiny, sd21, mini) or checkpoint directory")
+  s.add_argument("--json", action="store_true", help="print JSON")
+  s.set_defaults(func=cmd_info)
+
+  s = sub.add_parser("restore", help="restore a face image or a folder of faces")
+  s.add_argument("--ckpt", default="mini", help="checkpoint dir, or preset: mini (trained, default), "
+                 "tiny/sd21 (random weights, for trying the command)")
+  s.add_argument("--input", required=True, help="image file or folder")
+  s.add_argument("--output", required=True, help="output folder")
+  s.add_argument("--batch-size", type=int, default=4)
+  s.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+  s.add_argument("--compare", action="store_true", help="also write LQ|restored side by side")
+  s.set_defaults(func=cmd_restore)
+
+  s = sub.add_parser("convert", help="convert the PyTorch OSDFace release into one checkpoint")
+  s.add_argument("--sd", required=True, help="diffusers SD-2.1-base folder (unet/, vae/, scheduler/)")
+  s.add_argument("--osdface", required=True, help="folder with pytorch_lora_weights.safetensors, "
+                 "associate_2.ckpt, embedding_change_weights.pth")
+  s.add_argument("--out", required=True, help="output checkpoint directory")
+  s.add_argument("--allow-unexpected", default=None, help="regex of extra keys to tolerate")
+  s.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha if the file lacks it (16)")
+  s.set_defaults(func=cmd_convert)
+  return p
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                      format="%(levelname)s %(name)s: %(message)s")
+  return args.func(args)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
