@@ -1,0 +1,74 @@
+"""Fused activation quantization: smoothing -> randomized Hadamard rotation -> per-token codes.
+
+    r = (x / smooth) @ Q                           f32 [M, K]
+    scale[m] = max(max_k |r[m, k]|, 1e-8) / qmax     qmax = 2^(bits-1) - 1
+    codes[m, k] = clip(round_half_even(r / scale), -qmax, qmax)
+
+``Q`` is given as dense f32 [K, K] or block-diagonal blocks f32 [K/b, b, b]; ``bits`` is an int32
+scalar *array* (runtime data: one compiled function serves every bit width).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from quantface_jax.kernels.reference import (bits_to_qmax, quantize_act_ref, quantize_with_scale,
+                                             row_scale)
+
+
+def _quantize_kernel(x_ref, smooth_ref, rot_ref, qmax_ref, codes_ref, scale_ref):
+    num_blocks, b, _ = rot_ref.shape
+    qmax = qmax_ref[...]
+
+    def rotated_block(j):
+        cols = pl.ds(j * b, b)
+        xs = x_ref[:, cols].astype(jnp.float32) / smooth_ref[:, cols]
+        return jnp.dot(xs, rot_ref[j], preferred_element_type=jnp.float32)
+
+    # Two passes over the rotation blocks (static, unrolled): the row max needs every block before
+    # any code can be written; recomputing a block's rotation is cheaper than keeping [bm, K] live.
+    amax = jnp.zeros(scale_ref.shape, jnp.float32)
+    for j in range(num_blocks):
+        amax = jnp.maximum(amax, jnp.max(jnp.abs(rotated_block(j)), axis=1, keepdims=True))
+    scale = row_scale(amax, qmax)
+    for j in range(num_blocks):
+        codes_ref[:, pl.ds(j * b, b)] = quantize_with_scale(rotated_block(j), scale, qmax)
+    scale_ref[...] = scale
+
+
+@functools.partial(jax.jit, static_argnames=("block_m", "interpret"))
+def quantize_act_pallas(x, smooth, rotation, bits, *, block_m: int = 32, interpret: bool = False):
+    """Pallas fused quantizer. ``x`` bf16/f32 [M, K]; ``smooth`` f32 [K]; ``rotation`` f32 [K, K]
+    or [K/b, b, b]; ``bits`` int32 scalar array -> (int8 codes [M, K], f32 scales [M]).
+
+    Grid ``(ceil(M / block_m),)``; each program holds x [block_m, K] and the whole rotation, and
+    does one [block_m, b] x [b, b] dot per rotation block per pass. M is padded with zero rows.
+    On GPU (Triton lowering) K and b must be powers of two; the XLA path has no such limit.
+    """
+    m, k = x.shape
+    blocks = rotation[None] if rotation.ndim == 2 else rotation
+    mp = -(-m // block_m) * block_m
+    x = jnp.pad(x, [(0, mp - m), (0, 0)])
+    full = lambda shape: pl.BlockSpec(shape, lambda i: (0,) * len(shape))
+    codes, scale = pl.pallas_call(
+        _quantize_kernel,
+        out_shape=(jax.ShapeDtypeStruct((mp, k), jnp.int8),
+                   jax.ShapeDtypeStruct((mp, 1), jnp.float32)),
+        grid=(mp // block_m,),
+        in_specs=[pl.BlockSpec((block_m, k), lambda i: (i, 0)), full((1, k)),
+                  full(blocks.shape), full((1, 1))],
+        out_specs=(pl.BlockSpec((block_m, k), lambda i: (i, 0)),
+                   pl.BlockSpec((block_m, 1), lambda i: (i, 0))),
+        interpret=interpret,
+        name="quantize_act",
+    )(x, jnp.asarray(smooth, jnp.float32).reshape(1, k), blocks.astype(jnp.float32),
+      bits_to_qmax(bits))
+    return codes[:m], scale[:m, 0]
+
+
+quantize_act_xla = jax.jit(quantize_act_ref)
+quantize_act_xla.__doc__ = "XLA fused quantizer (the jitted reference; same signature/outputs)."

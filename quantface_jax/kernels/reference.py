@@ -1,0 +1,134 @@
+"""Reference semantics of the integer kernels: numpy integer math, then the float32 epilogue.
+
+The epilogue (`gemm_epilogue`) and the quantizer math (`row_scale`, `quantize_with_scale`) are
+written once here and called both by the references and inside the kernels on tiles, so kernel and
+reference perform the same float ops in the same order. The references run the epilogue under jit,
+as the kernels do, so XLA contracts multiply-add into FMA the same way on both sides (eager op-by-op
+evaluation differs in the last bit). The integer parts of the references are independent numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def gemm_epilogue(acc, a_scale, w_scale, *, a_zero=None, w_colsum=None, bias=None,
+                  lowrank_x=None, lowrank_l2=None, out_dtype=jnp.float32):
+    """int32 accumulator tile -> output tile.
+
+    Shapes (tile or full array): ``acc`` int32 [m, n]; ``a_scale`` f32 [m, 1]; ``w_scale`` f32 [1, n];
+    ``a_zero`` int32 [m, 1]; ``w_colsum`` int32 [1, n] (= sum_k W[k, n]); ``bias`` f32 [1, n];
+    ``lowrank_x`` f32 [m, r] (= x_fp @ L1, computed outside); ``lowrank_l2`` f32 [r, n].
+
+        y = f32(acc - a_zero * w_colsum) * a_scale * w_scale + bias + lowrank_x @ lowrank_l2
+
+    The zero-point correction is exact int32 arithmetic; everything after it is float32.
+    """
+    if a_zero is not None:
+        acc = acc - a_zero * w_colsum
+    y = acc.astype(jnp.float32) * a_scale * w_scale
+    if bias is not None:
+        y = y + bias
+    if lowrank_x is not None:
+        y = y + lax.dot_general(lowrank_x, lowrank_l2, (((1,), (0,)), ((), ())),
+                                preferred_element_type=jnp.float32)
+    return y.astype(out_dtype)
+
+
+_gemm_epilogue_jit = jax.jit(gemm_epilogue, static_argnames="out_dtype")
+
+
+def row_scale(amax, qmax):
+    """Per-row symmetric scale: ``max(amax, 1e-8) / qmax`` (f32 [m, 1]; ``qmax`` f32 [1, 1])."""
+    return jnp.maximum(amax, 1e-8) / qmax
+
+
+def quantize_with_scale(rotated, scale, qmax):
+    """``clip(round_half_even(r / scale), -qmax, qmax)`` -> int8, ``rotated`` f32 [m, k]."""
+    return jnp.clip(jnp.round(rotated / scale), -qmax, qmax).astype(jnp.int8)
+
+
+def _unpack_int4_np(packed: np.ndarray, k: int) -> np.ndarray:
+    nibbles = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(*packed.shape[:-1], -1)
+    return (nibbles.astype(np.int8) - 16 * (nibbles >= 8)).astype(np.int8)[..., :k]
+
+
+def int_matmul_ref(xq, w_stored, *, a_scale, w_scale, a_zero=None, w_colsum=None, bias=None,
+                   lowrank_x=None, lowrank_l2=None, out_dtype=jnp.float32):
+    """Reference of `int_matmul`: ``xq`` int8 [M, K]; ``w_stored`` int8 [N, K] or packed uint8
+    [N, ceil(K/2)]; scales f32 [M] / [N] or scalars; ``a_zero`` int32 [M] or scalar; ``w_colsum``
+    int32 [N]; ``bias`` [N]; ``lowrank_x`` [M, r]; ``lowrank_l2`` [r, N] -> ``out_dtype`` [M, N]."""
+    xq = np.asarray(xq)
+    m, k = xq.shape
+    w = np.asarray(w_stored)
+    w = _unpack_int4_np(w, k) if w.dtype == np.uint8 else w
+    acc = jnp.asarray((xq.astype(np.int64) @ w.T.astype(np.int64)).astype(np.int32))
+    n = acc.shape[1]
+    col = lambda v, size, dt: jnp.broadcast_to(jnp.asarray(v, dt).reshape(-1), (size,))
+    return _gemm_epilogue_jit(
+        acc, col(a_scale, m, jnp.float32)[:, None], col(w_scale, n, jnp.float32)[None, :],
+        a_zero=None if a_zero is None else col(a_zero, m, jnp.int32)[:, None],
+        w_colsum=None if w_colsum is None else col(w_colsum, n, jnp.int32)[None, :],
+        bias=None if bias is None else col(bias, n, jnp.float32)[None, :],
+        lowrank_x=None if lowrank_x is None else _pad_rank(jnp.asarray(lowrank_x, jnp.float32), 1),
+        lowrank_l2=None if lowrank_l2 is None else _pad_rank(jnp.asarray(lowrank_l2, jnp.float32), 0),
+        out_dtype=out_dtype)
+
+
+def rotate_ref(x, smooth, rotation):
+    """``(x / smooth) @ Q`` in f32: ``x`` [M, K]; ``smooth`` [K]; ``rotation`` dense [K, K] or
+    block-diagonal blocks [K/b, b, b] (one ``[M, b] @ [b, b]`` dot per block, in block order)."""
+    xs = jnp.asarray(x, jnp.float32) / jnp.asarray(smooth, jnp.float32)[None, :]
+    rotation = jnp.asarray(rotation, jnp.float32)
+    blocks = rotation[None] if rotation.ndim == 2 else rotation
+    b = blocks.shape[-1]
+    return jnp.concatenate(
+        [jnp.dot(xs[:, j * b:(j + 1) * b], blocks[j], preferred_element_type=jnp.float32)
+         for j in range(blocks.shape[0])], axis=1)
+
+
+def bits_to_qmax(bits):
+    """int32 scalar array ``bits`` -> f32 [1, 1] ``2^(bits-1) - 1`` (bits stays runtime data)."""
+    bits = jnp.asarray(bits, jnp.int32).reshape(1, 1)
+    return (jnp.left_shift(jnp.int32(1), bits - 1) - 1).astype(jnp.float32)
+
+
+def quantize_act_ref(x, smooth, rotation, bits):
+    """Reference of `quantize_act`: -> (int8 codes [M, K], f32 scales [M])."""
+    rotated, qmax = rotate_ref(x, smooth, rotation), bits_to_qmax(bits)
+    scale = row_scale(jnp.max(jnp.abs(rotated), axis=1, keepdims=True), qmax)
+    return quantize_with_scale(rotated, scale, qmax), scale[:, 0]
+
+
+def int_conv2d_ref(xq, wq, *, a_scale, w_scale, bias=None, a_zero=None, stride=1, padding=1,
+                   out_dtype=jnp.float32):
+    """Reference conv: ``xq`` int8 NHWC, ``wq`` int8 HWIO; zero padding in the *real* domain (pads
+    with the code ``a_zero``); per-tensor ``a_scale``/``a_zero``, per-C_out ``w_scale`` -> NHWC."""
+    xq = np.asarray(xq).astype(np.int64)
+    wq = np.asarray(wq).astype(np.int64)
+    kh, kw, _, c_out = wq.shape
+    zp = 0 if a_zero is None else int(a_zero)
+    xp = np.pad(xq, [(0, 0), (padding, padding), (padding, padding), (0, 0)], constant_values=zp)
+    n, hp, wp, _ = xp.shape
+    ho, wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
+    acc = np.zeros((n, ho, wo, c_out), np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            tap = xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+            acc += (tap - zp) @ wq[i, j]
+    acc = jnp.asarray(acc.astype(np.int32)).reshape(-1, c_out)
+    y = _gemm_epilogue_jit(acc, jnp.asarray(a_scale, jnp.float32).reshape(1, 1),
+                      jnp.asarray(w_scale, jnp.float32).reshape(1, c_out),
+                      bias=None if bias is None else jnp.asarray(bias, jnp.float32)[None, :],
+                      out_dtype=out_dtype)
+    return y.reshape(n, ho, wo, c_out)
+
+
+def _pad_rank(a, axis):
+    """Zero-pad the rank axis to a multiple of 16 (Triton's minimum dot size), as the kernels do."""
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (0, -a.shape[axis] % 16)
+    return jnp.pad(a, pad)
