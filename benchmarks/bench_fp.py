@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 
 def timed(fn, sync, *, warmup: int = 2, iters: int = 10) -> float:
@@ -37,7 +37,7 @@ def timed(fn, sync, *, warmup: int = 2, iters: int = 10) -> float:
   return statistics.median(samples)
 
 
-def bench_jax(dtype_name: str, batches: list[int], component_batches: set[int]) -> list[dict]:
+def bench_jax(preset: str, dtype_name: str, batches: list[int], component_batches: set[int]) -> list[dict]:
   import jax
   import jax.numpy as jnp
   from flax import nnx
@@ -47,14 +47,15 @@ def bench_jax(dtype_name: str, batches: list[int], component_batches: set[int]) 
 
   dtype = DTYPES[dtype_name]
   t0 = time.perf_counter()
-  model = build("sd21")
+  model = build(preset)
+  res = model.config.resolution
   init_s = time.perf_counter() - t0
   restore = make_restore_fn(model, dtype=dtype)
   graphdef, state = nnx.graphdef(model), cast_for_inference(model, dtype)
   sync = jax.block_until_ready
   rows = []
   for b in batches:
-    lq = jax.random.uniform(jax.random.key(b), (b, 512, 512, 3), jnp.float32, -1.0, 1.0)
+    lq = jax.random.uniform(jax.random.key(b), (b, res, res, 3), jnp.float32, -1.0, 1.0)
     t0 = time.perf_counter()
     sync(restore(lq))
     compile_s = time.perf_counter() - t0
@@ -92,50 +93,53 @@ def _jax_components(graphdef, state, lq, dtype, sync) -> dict[str, float]:
   }
 
 
-def bench_torch(mode: str, batches: list[int], component_batches: set[int]) -> list[dict]:
+def bench_torch(preset: str, mode: str, batches: list[int], component_batches: set[int]) -> list[dict]:
   import torch
   from diffusers import AutoencoderKL, UNet2DConditionModel
+  from reference.models import unet_diffusers_config, vae_diffusers_config
+  from reference.osdface import EmbeddingChange
+  from reference.vre import VRE
 
-  from quantface_jax.models import SD21, alpha_cumprod
-  from tests.reference.torch_osdface import TorchEmbeddingChange, TorchVRE
+  from quantface_jax.models import PRESETS, alpha_cumprod
 
+  cfg = PRESETS[preset]
   dtype = torch.float16 if mode.endswith("fp16") else torch.float32
-  dev = torch.device("cuda")
+  dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   torch.backends.cuda.matmul.allow_tf32 = False
-  unet = UNet2DConditionModel(**_diffusers_unet_kwargs()).to(dev, dtype).eval()
-  vae = AutoencoderKL(**_diffusers_vae_kwargs()).to(dev, dtype).eval()
-  vre = TorchVRE(SD21.vre).to(dev, dtype).eval()
-  embed = TorchEmbeddingChange(512, 256, 1024).to(dev, dtype).eval()
-  a = alpha_cumprod(SD21)
-  scale = SD21.vae.scaling_factor
+  unet = UNet2DConditionModel(**unet_diffusers_config(cfg.unet)).to(dev, dtype).eval()
+  vae = AutoencoderKL(**vae_diffusers_config(cfg.vae)).to(dev, dtype).eval()
+  vre = VRE(cfg.vre).to(dev, dtype).eval()
+  embed = EmbeddingChange(cfg.vre.embed_dim, cfg.embedding_hidden, cfg.unet.cross_attention_dim).to(dev, dtype)
+  a = alpha_cumprod(cfg)
+  scale = cfg.vae.scaling_factor
   if mode.startswith("compile"):
     unet = torch.compile(unet)
     vae.encoder = torch.compile(vae.encoder)
     vae.decoder = torch.compile(vae.decoder)
 
   def prompt_of(lq):
-    return embed(torch.cat([vre(lq[i:i + 1]) for i in range(lq.shape[0])]))  # the reference loops
+    return embed(vre(lq).to(dev, dtype))  # the reference VRE loops over faces
 
   @torch.no_grad()
   def restore(lq):
     p = prompt_of(lq)
     z = vae.encode(lq).latent_dist.mean * scale
-    eps = unet(z, 399, encoder_hidden_states=p).sample
+    eps = unet(z, cfg.timestep, encoder_hidden_states=p).sample
     x0 = ((z.double() - (1 - a) ** 0.5 * eps.double()) / a ** 0.5).to(dtype)
-    return (vae.decode(x0 / scale).sample.clamp(-1, 1) * 0.5 + 0.5)
+    return vae.decode(x0 / scale).sample.clamp(-1, 1) * 0.5 + 0.5
 
-  sync = lambda _: torch.cuda.synchronize()
+  sync = lambda _: torch.cuda.synchronize() if dev.type == "cuda" else None
   rows = []
   for b in batches:
-    lq = torch.rand(b, 3, 512, 512, device=dev, dtype=dtype) * 2 - 1
-    torch.cuda.reset_peak_memory_stats()
+    lq = torch.rand(b, 3, cfg.resolution, cfg.resolution, device=dev, dtype=dtype) * 2 - 1
+    if dev.type == "cuda":
+      torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    restore(lq)
-    torch.cuda.synchronize()
+    sync(restore(lq))
     compile_s = time.perf_counter() - t0
     ms = timed(lambda: restore(lq), sync)
     row = dict(variant=f"torch_{mode}", batch=b, latency_ms=ms, faces_per_s=b / ms * 1e3, compile_s=compile_s,
-               peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30)
+               peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan"))
     if b in component_batches:
       with torch.no_grad():
         p = prompt_of(lq)
@@ -143,7 +147,7 @@ def bench_torch(mode: str, batches: list[int], component_batches: set[int]) -> l
         row["components_ms"] = {
             "vre": timed(lambda: prompt_of(lq), sync),
             "vae_encoder": timed(lambda: vae.encode(lq).latent_dist.mean, sync),
-            "unet": timed(lambda: unet(z, 399, encoder_hidden_states=p).sample, sync),
+            "unet": timed(lambda: unet(z, cfg.timestep, encoder_hidden_states=p).sample, sync),
             "vae_decoder": timed(lambda: vae.decode(z).sample, sync),
         }
     print(json.dumps(row), flush=True)
@@ -151,27 +155,10 @@ def bench_torch(mode: str, batches: list[int], component_batches: set[int]) -> l
   return rows
 
 
-def _diffusers_unet_kwargs() -> dict:
-  from quantface_jax.models import SD21
-  u = SD21.unet
-  return dict(sample_size=64, in_channels=u.in_channels, out_channels=u.out_channels,
-              block_out_channels=u.block_out_channels, down_block_types=u.down_block_types,
-              up_block_types=u.up_block_types, layers_per_block=u.layers_per_block,
-              attention_head_dim=u.num_attention_heads, cross_attention_dim=u.cross_attention_dim,
-              use_linear_projection=u.use_linear_projection, flip_sin_to_cos=True, freq_shift=0)
-
-
-def _diffusers_vae_kwargs() -> dict:
-  from quantface_jax.models import SD21
-  v = SD21.vae
-  return dict(in_channels=3, out_channels=3, block_out_channels=v.block_out_channels,
-              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-              layers_per_block=v.layers_per_block, latent_channels=v.latent_channels, sample_size=512)
-
-
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--impl", choices=["jax", "torch"], required=True)
+  p.add_argument("--preset", default="sd21", help="model shapes (random weights): sd21 | mini | tiny")
   p.add_argument("--dtype", default="bfloat16", help="jax: float32 | bfloat16")
   p.add_argument("--mode", default="eager_fp16", help="torch: eager_fp16 | eager_fp32 | compile_fp16")
   p.add_argument("--batches", default="1,16")
@@ -180,8 +167,8 @@ def main() -> None:
   args = p.parse_args()
   batches = [int(b) for b in args.batches.split(",")]
   comps = {int(b) for b in args.components.split(",") if b}
-  rows = (bench_jax(args.dtype, batches, comps) if args.impl == "jax"
-          else bench_torch(args.mode, batches, comps))
+  rows = (bench_jax(args.preset, args.dtype, batches, comps) if args.impl == "jax"
+          else bench_torch(args.preset, args.mode, batches, comps))
   if args.out:
     with open(args.out, "a") as f:
       for r in rows:

@@ -74,7 +74,8 @@ class OSDFace(nnx.Module):
 def build(config: OSDFaceConfig | str, *, seed: int = 0) -> OSDFace:
   """A randomly initialised model for a config or a preset name (``tiny``, ``sd21``, ``mini``)."""
   cfg = PRESETS[config] if isinstance(config, str) else config
-  return OSDFace(cfg, rngs=nnx.Rngs(seed))
+  # One compiled initialiser instead of one dispatch (and compile) per parameter shape.
+  return nnx.jit(lambda: OSDFace(cfg, rngs=nnx.Rngs(seed)))()
 
 
 def abstract(config: OSDFaceConfig | str) -> OSDFace:
