@@ -1,0 +1,193 @@
+"""Calibration: stream images through the model and record every target layer's input statistics.
+
+Observers are swapped in for the target layers (and swapped back afterwards); one jitted restore
+per batch returns their updated ``ObserverStat`` variables. OSDFace runs at one fixed timestep, so
+static activation ranges measured this way are stable (DESIGN §2.2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from typing import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from flax import nnx
+
+from quantface_jax.quant import rules as rules_lib
+
+_SEP = '::'
+_FIELDS = ('ch_min', 'ch_max', 'sample')
+
+
+class ObserverStat(nnx.Variable):
+  """Calibration statistics accumulated by an :class:`Observer`."""
+
+
+class Observer(nnx.Module):
+  """Wraps a Linear/Conv2d-like layer (``kernel`` (*taps, d_in, d_out)); returns its output unchanged
+  and accumulates per-channel min/max of its input and a bounded reservoir sample of input rows
+  (conv: kh×kw×C_in patches at random output pixels). ``balanced=True`` observes the balanced
+  input ``layer.balance(x)`` of a quantized layer instead.
+  """
+
+  def __init__(self, layer: nnx.Module, *, max_samples: int, seed: int, balanced: bool = False):
+    self.layer = layer
+    self.balanced = balanced
+    self.max_samples = max_samples
+    *taps, d_in, _ = layer.kernel.shape
+    self.ch_min = ObserverStat(jnp.full((d_in,), jnp.inf, jnp.float32))
+    self.ch_max = ObserverStat(jnp.full((d_in,), -jnp.inf, jnp.float32))
+    self.seen = ObserverStat(jnp.zeros((), jnp.int32))  # candidate rows offered to the reservoir
+    self.sample = ObserverStat(jnp.zeros((max_samples, *taps, d_in), jnp.float32))
+    self.key = ObserverStat(jax.random.PRNGKey(seed))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    xs = (self.layer.balance(x) if self.balanced else x).astype(jnp.float32)
+    flat = xs.reshape(-1, xs.shape[-1])
+    self.ch_min[...] = jnp.minimum(self.ch_min[...], flat.min(0))
+    self.ch_max[...] = jnp.maximum(self.ch_max[...], flat.max(0))
+    if self.max_samples:
+      key, pick, slot = jax.random.split(self.key[...], 3)
+      self.key[...] = key
+      self._reservoir(self._candidates(xs, pick), slot)
+    return self.layer(x)
+
+  def _candidates(self, xs: jax.Array, key: jax.Array) -> jax.Array:
+    """(m, *taps, d_in) random input rows of this batch, m = min(max_samples, rows)."""
+    if self.layer.kernel.ndim == 2:
+      rows = xs.reshape(-1, xs.shape[-1])
+      idx = jax.random.randint(key, (min(self.max_samples, rows.shape[0]),), 0, rows.shape[0])
+      return rows[idx]
+    kh, kw, _, _ = self.layer.kernel.shape
+    stride, ((pt, pb), (pl, pr)) = self.layer.stride, self.layer.padding
+    padded = jnp.pad(xs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    b, hp, wp, c = padded.shape
+    ho, wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
+    m = min(self.max_samples, b * ho * wo)
+    kb, ki, kj = jax.random.split(key, 3)
+    bi = jax.random.randint(kb, (m,), 0, b)
+    ii = jax.random.randint(ki, (m,), 0, ho) * stride
+    jj = jax.random.randint(kj, (m,), 0, wo) * stride
+    patch = lambda n, i, j: jax.lax.dynamic_slice(padded[n], (i, j, 0), (kh, kw, c))
+    return jax.vmap(patch)(bi, ii, jj)
+
+  def _reservoir(self, rows: jax.Array, key: jax.Array) -> None:
+    """Reservoir sampling (Algorithm R) of candidate rows into the bounded sample."""
+    k = self.max_samples
+    index = self.seen[...] + jnp.arange(rows.shape[0], dtype=jnp.int32)
+    draw = jnp.floor(jax.random.uniform(key, index.shape) * (index + 1).astype(jnp.float32))
+    slot = jnp.where(index < k, index, draw.astype(jnp.int32))
+    slot = jnp.where(slot < k, slot, k)  # k is out of bounds: dropped.
+    self.sample[...] = self.sample[...].at[slot].set(rows, mode='drop')
+    self.seen[...] = self.seen[...] + rows.shape[0]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LayerStats:
+  """Calibration statistics of one layer's input."""
+
+  ch_min: np.ndarray  # (d_in,) float32 per-channel minimum.
+  ch_max: np.ndarray  # (d_in,) float32 per-channel maximum.
+  sample: np.ndarray  # (n, *taps, d_in) float32 random input rows (conv: patches), n <= max_samples.
+
+  @property
+  def absmax(self) -> np.ndarray:
+    """(d_in,) max|x_j|."""
+    return np.maximum(-self.ch_min, self.ch_max)
+
+  @property
+  def range(self) -> tuple[float, float]:
+    """Per-tensor (min, max)."""
+    return float(self.ch_min.min()), float(self.ch_max.max())
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CalibrationStats:
+  """Per-layer input statistics keyed by module path, plus how they were made."""
+
+  layers: dict[str, LayerStats]  # module path -> statistics.
+  meta: dict  # num_images, max_samples, seed, timestep, model name.
+
+  def __getitem__(self, path: str) -> LayerStats:
+    return self.layers[path]
+
+  def __contains__(self, path: str) -> bool:
+    return path in self.layers
+
+  def save(self, directory: str | os.PathLike) -> None:
+    """Writes ``stats.npz`` and ``stats.json`` under ``directory``, each atomically."""
+    os.makedirs(directory, exist_ok=True)
+    arrays = {f'{path}{_SEP}{f}': getattr(s, f) for path, s in self.layers.items() for f in _FIELDS}
+    _atomic_write(os.path.join(directory, 'stats.npz'), lambda fh: np.savez(fh, **arrays))
+    text = json.dumps({'meta': self.meta, 'layers': list(self.layers)}, indent=1)
+    _atomic_write(os.path.join(directory, 'stats.json'), lambda fh: fh.write(text.encode()))
+
+  @classmethod
+  def load(cls, directory: str | os.PathLike) -> 'CalibrationStats':
+    with open(os.path.join(directory, 'stats.json')) as fh:
+      index = json.load(fh)
+    with np.load(os.path.join(directory, 'stats.npz')) as arrays:
+      layers = {p: LayerStats(**{f: arrays[f'{p}{_SEP}{f}'] for f in _FIELDS})
+                for p in index['layers']}
+    return cls(layers=layers, meta=index['meta'])
+
+
+def _atomic_write(path: str, write: Callable) -> None:
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix='.tmp')
+  try:
+    with os.fdopen(fd, 'wb') as fh:
+      write(fh)
+    os.replace(tmp, path)
+  except BaseException:
+    os.remove(tmp)
+    raise
+
+
+def observe(model: nnx.Module, targets: dict[str, nnx.Module], images: Iterable[np.ndarray], *,
+            make_observer: Callable[[str, nnx.Module], Observer], progress: bool = True,
+            desc: str = 'calibrate') -> tuple[dict[str, Observer], int]:
+  """Streams ``images`` ((B, R, R, 3) in [-1, 1]) through ``model.restore`` with ``targets``
+  (path -> layer) observed; the layers are swapped back afterwards. Returns (observers, images)."""
+  observers = {path: make_observer(path, layer) for path, layer in targets.items()}
+  for path, obs in observers.items():
+    rules_lib.set_module(model, path, obs)
+  step = nnx.jit(lambda m, x: m.restore(x).image)
+  count = 0
+  try:
+    total = len(images) if hasattr(images, '__len__') else None
+    for batch in tqdm.tqdm(images, desc=desc, total=total, disable=not progress):
+      step(model, jnp.asarray(batch, jnp.float32))
+      count += len(batch)
+  finally:
+    for path, layer in targets.items():
+      rules_lib.set_module(model, path, layer)
+  return observers, count
+
+
+def calibrate(model: nnx.Module, images: Iterable[np.ndarray], *,
+              rules: rules_lib.Rules | None = None, max_samples: int = 256, seed: int = 0,
+              progress: bool = True) -> CalibrationStats:
+  """Input statistics of every full-precision Linear/Conv2d (only those ``rules`` quantize, when
+  given) over ``images``, an iterable of (B, R, R, 3) float arrays in [-1, 1]."""
+  targets = {p: m for p, m in rules_lib.iter_layers(model, rules_lib.FP_LAYERS)
+             if rules is None or rules_lib.match(rules, p) is not None}
+  observers, count = observe(
+      model, targets, images, progress=progress,
+      make_observer=lambda path, layer: Observer(layer, max_samples=max_samples,
+                                                 seed=rules_lib.layer_seed(seed, path)))
+  layers = {}
+  for path, obs in observers.items():
+    n = min(int(obs.seen[...]), max_samples)
+    layers[path] = LayerStats(ch_min=np.asarray(obs.ch_min[...]), ch_max=np.asarray(obs.ch_max[...]),
+                              sample=np.asarray(obs.sample[...][:n]))
+  cfg = getattr(model, 'config', None)
+  meta = dict(num_images=count, max_samples=max_samples, seed=seed,
+              timestep=getattr(cfg, 'timestep', None), model=getattr(cfg, 'name', None))
+  return CalibrationStats(layers=layers, meta=meta)
+
