@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
 for part in $parts; do
   case $part in
-    jax_bf16) args="--impl jax --dtype bfloat16 --components 16" ;;
+    jax_bf16) args="--impl jax --dtype bfloat16 --components ${COMPONENTS-16}" ;;
     jax_fp32) args="--impl jax --dtype float32" ;;
     torch_eager_fp16) args="--impl torch --mode eager_fp16 --components 16" ;;
     torch_eager_fp32) args="--impl torch --mode eager_fp32" ;;
@@ -23,5 +23,5 @@ for part in $parts; do
     *) echo "unknown part $part"; continue ;;
   esac
   echo "== $part"
-  timeout 420 python3 benchmarks/bench_fp.py $args --batches 1,16 --out "$OUT/h200_fp.jsonl" 2>&1 | tee "$OUT/fp_$part.log" | grep -E '^\{|Error|error' | cut -c1-400
+  timeout ${PART_TIMEOUT:-420} python3 benchmarks/bench_fp.py $args --batches 1,16 --out "$OUT/h200_fp.jsonl" 2>&1 | tee "$OUT/fp_$part.log" | grep -E '^\{|Error|error' | cut -c1-400
 done

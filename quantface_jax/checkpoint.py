@@ -1,7 +1,11 @@
-"""Save and load a whole OSDFace model: an Orbax checkpoint of its parameters beside its config.
+"""Save and load a whole OSDFace model, in one of two layouts beside its ``config.json``:
 
-Layout of a model directory: ``config.json`` (``OSDFaceConfig.to_json``), ``params/`` (Orbax, the
-``nnx.Param`` state as a pure dict), optionally ``conversion_report.json``.
+- ``params/``: an Orbax checkpoint of the ``nnx.Param`` state as a pure dict (converted releases,
+  sharded restores), optionally with ``conversion_report.json``;
+- ``model.safetensors``: flat dotted NNX keys (``unet.down_blocks.0.resnets.0.conv1.kernel``), one
+  file, usually float16 (the packaged ``mini`` and trained-model exports).
+
+`load` takes either.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+import safetensors.numpy
 from flax import nnx
 
 from quantface_jax.convert.torch_to_nnx import ConversionReport
@@ -24,8 +30,9 @@ from quantface_jax.models.osdface import OSDFace, abstract, build
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
+WEIGHTS_FILE = "model.safetensors"
 REPORT_FILE = "conversion_report.json"
-# The packaged `mini` model (a directory written by save_model).
+# The packaged `mini` model (a directory written by save_safetensors).
 MINI_DIR = Path(__file__).parent / "assets" / "mini"
 _RANDOM_PRESETS = ("tiny", "sd21")
 
@@ -81,6 +88,79 @@ def restore_model(model_dir: str | Path, *, sharding: jax.sharding.Sharding | No
   return model
 
 
+def _paths(path: str) -> tuple[str, str]:
+  """(weights file, config file) for a folder or a ``.safetensors`` file path."""
+  if path.endswith(".safetensors"):
+    return path, os.path.join(os.path.dirname(path) or ".", CONFIG_FILE)
+  return os.path.join(path, WEIGHTS_FILE), os.path.join(path, CONFIG_FILE)
+
+
+def _atomic_write(path: str, write) -> None:
+  folder = os.path.dirname(path) or "."
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+  os.close(fd)
+  try:
+    write(tmp)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def flat_params(model: nnx.Module) -> dict[str, jax.Array]:
+  """{dotted path: array} of every nnx.Param."""
+  return {".".join(str(p) for p in path): v[...]
+          for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def save_safetensors(model: OSDFace, path: str, *, dtype=jnp.float16) -> str:
+  """Writes ``model.safetensors`` (params cast to `dtype`) and ``config.json`` atomically; `path` is a
+  folder or a ``.safetensors`` file. Returns the weights path."""
+  weights_path, config_path = _paths(path)
+  tensors = {k: np.asarray(jax.device_get(v)).astype(dtype) for k, v in flat_params(model).items()}
+  _atomic_write(weights_path, lambda tmp: safetensors.numpy.save_file(
+      tensors, tmp, metadata={"format": "quantface_jax.nnx", "model": model.config.name}))
+  _atomic_write(config_path, lambda tmp: open(tmp, "w").write(model.config.to_json()))
+  return weights_path
+
+
+def load_safetensors(path: str, *, dtype=jnp.float32) -> OSDFace:
+  """Builds the OSDFace of ``config.json`` and fills it from the weights, strictly.
+
+  Raises ValueError naming every missing, unexpected or mis-shaped key.
+  """
+  weights_path, config_path = _paths(path)
+  with open(config_path) as f:
+    cfg = OSDFaceConfig.from_dict(json.load(f))
+  tensors = safetensors.numpy.load_file(weights_path)
+  graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: OSDFace(cfg, rngs=nnx.Rngs(0))))
+  flat = nnx.to_flat_state(abstract_state)
+  expected = {".".join(str(p) for p in path): (path, v) for path, v in flat}
+  missing = sorted(set(expected) - set(tensors))
+  unexpected = sorted(set(tensors) - set(expected))
+  misshaped = sorted(f"{k}: file {tensors[k].shape} vs model {tuple(v.shape)}"
+                     for k, (_, v) in expected.items() if k in tensors and tensors[k].shape != tuple(v.shape))
+  problems = [f"{name}: {keys}" for name, keys in
+              (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped)) if keys]
+  if problems:
+    raise ValueError(f"{weights_path}: " + "; ".join(problems))
+  filled = nnx.from_flat_state([(path, v.replace(jnp.asarray(tensors[k], dtype)))
+                                for k, (path, v) in expected.items()])
+  return nnx.merge(graphdef, filled)
+
+
+def restore_any(model_dir: Path, *, sharding=None) -> OSDFace:
+  """A model directory in either layout."""
+  if (model_dir / WEIGHTS_FILE).is_file():
+    model = load_safetensors(str(model_dir))
+    if sharding is not None:
+      nnx.update(model, jax.device_put(nnx.state(model), sharding))
+    return model
+  return restore_model(model_dir, sharding=sharding)
+
+
 def load(path_or_name: str | Path, *, sharding: jax.sharding.Sharding | None = None) -> OSDFace:
   """A ready model from a `save_model` directory or a preset name.
 
@@ -90,7 +170,7 @@ def load(path_or_name: str | Path, *, sharding: jax.sharding.Sharding | None = N
   if str(path_or_name) == "mini":
     if not (MINI_DIR / CONFIG_FILE).is_file():
       raise FileNotFoundError(f"the packaged 'mini' weights are not installed ({MINI_DIR} has no {CONFIG_FILE})")
-    return restore_model(MINI_DIR, sharding=sharding)
+    return restore_any(MINI_DIR, sharding=sharding)
   if str(path_or_name) in _RANDOM_PRESETS:
     logging.warning("quantface_jax.load(%r): RANDOM weights (a preset, not a trained model)", path_or_name)
     model = build(str(path_or_name))
@@ -99,6 +179,6 @@ def load(path_or_name: str | Path, *, sharding: jax.sharding.Sharding | None = N
     return model
   path = Path(path_or_name)
   if (path / CONFIG_FILE).is_file():
-    return restore_model(path, sharding=sharding)
+    return restore_any(path, sharding=sharding)
   raise FileNotFoundError(f"{path_or_name!r} is neither a model directory (with {CONFIG_FILE}) nor a preset "
                           f"{sorted(PRESETS)}")

@@ -71,6 +71,44 @@ def cmd_convert(args) -> int:
   return 0
 
 
+def _parse_indices(spec: str | None):
+  """'4000:4200' -> range(4000, 4200); None -> all."""
+  if not spec:
+    return None
+  start, _, stop = spec.partition(":")
+  return range(int(start), int(stop))
+
+
+def cmd_eval(args) -> int:
+  from quantface_jax.checkpoint import load
+  from quantface_jax.evaluate import evaluate, folder_set, synthetic_set
+  from quantface_jax.inference import DTYPES, make_restore_fn
+
+  model = load(args.ckpt)
+  res = model.config.resolution
+  if args.lq:
+    eval_set = folder_set(args.lq, args.hq)
+  elif args.hq:
+    eval_set = synthetic_set(args.hq, args.out, resolution=res, indices=_parse_indices(args.indices),
+                             seed=args.degrade_seed)
+  else:
+    raise SystemExit("quantface eval: give --hq DIR (synthetic LQ) or --lq DIR [--hq DIR]")
+  variants = {args.dtype: make_restore_fn(model, dtype=DTYPES[args.dtype])}
+  rows = evaluate(variants, eval_set, args.out, resolution=res, batch_size=args.batch_size)
+  print(json.dumps(rows, indent=2))
+  print(f"report: {pathlib.Path(args.out) / 'report.md'}")
+  return 0
+
+
+def cmd_demo(args) -> int:
+  from quantface_jax.demo import run_demo
+  rows = run_demo(args.out, ckpt=args.ckpt)
+  for r in rows:
+    print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+  print(f"report: {pathlib.Path(args.out) / 'report.md'}")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="quantface", description=__doc__)
   p.add_argument("--version", action="version", version=f"quantface-jax {__version__}")
@@ -100,6 +138,22 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--allow-unexpected", default=None, help="regex of extra keys to tolerate")
   s.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha if the file lacks it (16)")
   s.set_defaults(func=cmd_convert)
+
+  s = sub.add_parser("eval", help="metrics.json + report.md + image grid for a model on a face set")
+  s.add_argument("--ckpt", default="mini", help="checkpoint dir or preset (default: mini)")
+  s.add_argument("--hq", default=None, help="ground-truth faces (LQ synthesised unless --lq is given)")
+  s.add_argument("--lq", default=None, help="real LQ faces (no degradation applied)")
+  s.add_argument("--indices", default=None, help="file numbers of --hq to use, e.g. 4000:4200")
+  s.add_argument("--degrade-seed", type=int, default=0, help="seed of the synthetic degradations")
+  s.add_argument("--out", required=True, help="output folder (resumable)")
+  s.add_argument("--batch-size", type=int, default=8)
+  s.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+  s.set_defaults(func=cmd_eval)
+
+  s = sub.add_parser("demo", help="the main job: restore sample faces with the embedded mini model")
+  s.add_argument("--out", default="quantface_demo", help="output folder")
+  s.add_argument("--ckpt", default="mini", help="checkpoint dir or preset (default: mini)")
+  s.set_defaults(func=cmd_demo)
   return p
 
 

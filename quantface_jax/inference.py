@@ -84,7 +84,7 @@ def restore_files(restore: Callable[[jax.Array], jax.Array], files: Sequence[pat
     batch, names = [], []
     for f in todo[start:start + batch_size]:
       try:
-        img, conv = image_io.read_image(f, size=resolution)
+        img, conv = image_io.read_image_with_notes(f, size=resolution)
       except ValueError as e:
         failed[str(f)] = str(e)
         log.error("%s", e)

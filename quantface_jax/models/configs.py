@@ -156,16 +156,18 @@ TINY = OSDFaceConfig(
     embedding_hidden=16)
 
 # A small OSDFace trained by this project on CelebA-HQ at 128 px (see configs/mini.py for training):
-# 14.2 M parameters (UNet 9.0 M, VAE 3.8 M at f=4 -> 32x32x4 latents, VRE 1.4 M with a 16x16 token grid).
+# 7.2 M parameters, so the fp16 weights (13.7 MiB) stay one file under 16 MiB. UNet 4.9 M on 32x32x4
+# latents, VAE 1.7 M (f=4; narrow at full resolution, where its FLOPs are), VRE 0.56 M (16x16 token
+# grid, 64-d codes), embedding_change 33 k.
 MINI = OSDFaceConfig(
     name="mini", resolution=128,
-    unet=UNetConfig(block_out_channels=(64, 128, 192),
+    unet=UNetConfig(block_out_channels=(64, 96, 128),
                     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-                    layers_per_block=1, num_attention_heads=(2, 4, 6), cross_attention_dim=256),
-    vae=VAEConfig(block_out_channels=(64, 128, 128), layers_per_block=1),
-    vre=VREConfig(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(16,), resolution=128,
-                  z_channels=128, embed_dim=128, n_embed=512),
+                    layers_per_block=1, num_attention_heads=(2, 3, 4), cross_attention_dim=192),
+    vae=VAEConfig(block_out_channels=(32, 64, 96), layers_per_block=1, norm_num_groups=16),
+    vre=VREConfig(ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1, attn_resolutions=(16,), resolution=128,
+                  z_channels=64, embed_dim=64, n_embed=512),
     embedding_hidden=128)
 
 PRESETS: dict[str, OSDFaceConfig] = {"tiny": TINY, "sd21": SD21, "mini": MINI}

@@ -1,0 +1,74 @@
+"""Device mesh and shardings: one code path from one CPU to a multi-host pod.
+
+The mesh has axes ("data", "fsdp"). A batch is split over both axes together; parameters (and their
+optimizer state) are replicated, or, with fsdp > 1, each array is split over "fsdp" on its largest
+axis that divides evenly (small or indivisible arrays stay replicated).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+BATCH_AXES = ("data", "fsdp")
+# Arrays smaller than this stay replicated under FSDP: splitting them saves nothing and costs collectives.
+MIN_FSDP_SIZE = 2 ** 14
+
+_MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+def maybe_initialize_distributed() -> bool:
+  """Calls `jax.distributed.initialize()` when a multi-host launcher's variables are set.
+
+  Returns whether it did; a no-op (False) on a single host or when already initialised.
+  """
+  if not any(os.environ.get(k) for k in _MULTIHOST_ENV):
+    return False
+  if jax.distributed.is_initialized():
+    return False
+  jax.distributed.initialize()
+  return True
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
+  """A ("data", "fsdp") mesh over `devices` (default all); -1 on one axis takes what the other leaves."""
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  n = devices.size
+  if data == -1 and fsdp == -1:
+    raise ValueError("make_mesh: at most one axis may be -1")
+  data = n // fsdp if data == -1 else data
+  fsdp = n // data if fsdp == -1 else fsdp
+  if data * fsdp != n:
+    raise ValueError(f"make_mesh: data={data} x fsdp={fsdp} != {n} devices")
+  return Mesh(devices.reshape(data, fsdp), BATCH_AXES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over every mesh axis."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def param_spec(shape: tuple[int, ...], fsdp: int) -> P:
+  """Replicated, or split over "fsdp" on the largest axis it divides (ties: the last such axis)."""
+  if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < MIN_FSDP_SIZE:
+    return P()
+  candidates = [(size, axis) for axis, size in enumerate(shape) if size % fsdp == 0]
+  if not candidates:
+    return P()
+  _, axis = max(candidates)
+  spec = [None] * len(shape)
+  spec[axis] = "fsdp"
+  return P(*spec)
+
+
+def tree_shardings(mesh: Mesh, tree):
+  """A NamedSharding per array leaf of `tree` (arrays or ShapeDtypeStructs), by `param_spec`."""
+  fsdp = mesh.shape["fsdp"]
+  return jax.tree.map(lambda x: NamedSharding(mesh, param_spec(tuple(x.shape), fsdp)), tree)

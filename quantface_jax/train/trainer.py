@@ -1,0 +1,289 @@
+"""A generic NNX trainer: trainable/frozen split, AdamW, sharded jitted step, Orbax checkpoints with
+exact resume, jsonl/TensorBoard metrics, periodic validation.
+
+A `Stage` says what trains (a module, an nnx filter over its parameters), on what (a batch iterator that
+can start at any step) and against what (a loss function); `fit` runs it. The FP stages of the mini
+model and the QD-LoRA distillation are both stages.
+
+Exact resume: the state holds everything a step depends on (trainable params, optimizer state, step,
+RNG key); the batch of step s is a function of s alone (`train_batches(start_step=s)`), so a run
+restored at step k replays steps k, k+1, ... exactly as the uninterrupted run did (bit for bit on CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import threading
+import time
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+from tqdm.auto import tqdm
+
+from quantface_jax.train import mesh as mesh_lib
+from quantface_jax.train.logging import MetricsWriter
+
+Batch = Mapping[str, np.ndarray]
+LossFn = Callable[[nnx.Module, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+EvalFn = Callable[[nnx.Module, Batch], dict[str, jax.Array]]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a train step reads and writes (frozen parameters travel separately)."""
+
+  step: jax.Array  # () int32: optimizer steps taken == batches consumed (the data position)
+  total_steps: jax.Array  # () int32: length of the LR schedule (data, so a time budget can set it)
+  params: nnx.State  # the trainable nnx.Param leaves
+  opt_state: optax.OptState  # optimizer state of `params` only
+  rng: jax.Array  # (2,) uint32 PRNG key, split once per step
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Stage:
+  """One training job on one module."""
+
+  name: str  # sub-directory of the workdir and the `stage` field of every metric record
+  module: nnx.Module  # what trains, at its initial state; `fit` returns it trained
+  trainable: Any  # nnx filter selecting the parameters that train (intersected with nnx.Param)
+  loss_fn: LossFn  # (module, batch, rng) -> (scalar loss, scalar metrics)
+  eval_fn: EvalFn | None  # (module, batch) -> per-example (B,) metrics, averaged over `val_batches`
+  train_batches: Callable[[int], Iterator[Batch]]  # start_step -> this process's batches from that step on
+  val_batches: Sequence[Batch] = ()  # the fixed validation set, in batches
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FitResult:
+  """What `fit` hands back."""
+
+  module: nnx.Module  # the trained module (trainable parameters updated in place)
+  steps_run: int  # steps this call ran (0 when the stage had already finished)
+  seconds: float  # wall time of the training loop, compile included
+  train_metrics: dict[str, float]  # the last step's metrics
+  val_metrics: dict[str, float]  # the final validation means (empty if no eval_fn)
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict):
+  """AdamW with linear warmup then cosine decay to ``lr * final_lr_fraction``, optional global-norm clip.
+
+  Returns (tx, lr_fn): `tx` is optax's AdamW at unit learning rate (clip -> Adam -> decoupled weight
+  decay); the train step scales its update by ``-lr_fn(step, total_steps)``, equal to optax's
+  `warmup_cosine_decay_schedule` but with the schedule length as data, not a compiled constant.
+  Reads cfg.lr, warmup_steps, final_lr_fraction, weight_decay, b1, b2, grad_clip (0: off).
+  """
+  tx = optax.chain(*([optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []),
+                   optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2), optax.add_decayed_weights(cfg.weight_decay))
+  peak, end, warmup = cfg.lr, cfg.lr * cfg.final_lr_fraction, cfg.warmup_steps
+
+  def lr_fn(step: jax.Array, total_steps: jax.Array) -> jax.Array:
+    step = jnp.asarray(step, jnp.float32)
+    decay_steps = jnp.maximum(jnp.asarray(total_steps, jnp.float32) - warmup, 1.0)
+    progress = jnp.clip((step - warmup) / decay_steps, 0.0, 1.0)
+    cosine = end + (peak - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    return jnp.where(step < warmup, peak * step / max(warmup, 1), cosine)
+
+  return tx, lr_fn
+
+
+def split_trainable(module: nnx.Module, trainable) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+  """(graphdef, trainable params, everything else)."""
+  return nnx.split(module, nnx.All(nnx.Param, trainable), ...)
+
+
+def init_state(params: nnx.State, tx: optax.GradientTransformation, *, total_steps: int, seed: int) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), total_steps=jnp.asarray(total_steps, jnp.int32),
+                    params=params, opt_state=tx.init(params), rng=jax.random.PRNGKey(seed))
+
+
+def _global_norm(tree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation, lr_fn):
+  """(state, frozen, batch) -> (state, metrics): one AdamW step on the trainable parameters."""
+
+  def train_step(state: TrainState, frozen: nnx.State, batch: Batch):
+    rng, step_rng = jax.random.split(state.rng)
+
+    def objective(params):
+      return loss_fn(nnx.merge(graphdef, params, frozen), batch, step_rng)
+
+    (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    lr = lr_fn(state.step, state.total_steps)
+    params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, updates))
+    metrics = {**metrics, "loss": loss, "grad_norm": _global_norm(grads), "lr": lr}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
+
+  return train_step
+
+
+def make_eval_step(graphdef: nnx.GraphDef, eval_fn: EvalFn):
+  def eval_step(params: nnx.State, frozen: nnx.State, batch: Batch):
+    return eval_fn(nnx.merge(graphdef, params, frozen), batch)
+  return eval_step
+
+
+def state_shardings(mesh, state: TrainState) -> TrainState:
+  return TrainState(step=mesh_lib.replicated(mesh), total_steps=mesh_lib.replicated(mesh),
+                    params=mesh_lib.tree_shardings(mesh, state.params),
+                    opt_state=mesh_lib.tree_shardings(mesh, state.opt_state), rng=mesh_lib.replicated(mesh))
+
+
+def to_global(batch: Batch, sharding) -> dict[str, jax.Array]:
+  """This process's numpy batch -> global arrays split over the mesh's batch axes."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def prefetch(iterator: Iterator, size: int) -> Iterator:
+  """Runs `iterator` in a background thread, `size` items ahead; re-raises its exceptions in order."""
+  q: queue.Queue = queue.Queue(maxsize=max(size, 1))
+  done = object()
+  stop = threading.Event()
+
+  def produce():
+    try:
+      for item in iterator:
+        if stop.is_set():
+          return
+        q.put(item)
+      q.put(done)
+    except BaseException as e:  # handed to the consumer
+      q.put(e)
+
+  thread = threading.Thread(target=produce, daemon=True)
+  thread.start()
+  try:
+    while (item := q.get()) is not done:
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:  # closed early: unblock the producer so it (and the iterator's resources) can end
+    stop.set()
+    while thread.is_alive():
+      try:
+        q.get(timeout=0.05)
+      except queue.Empty:
+        pass
+
+
+def _mean_metrics(per_batch: list[dict[str, jax.Array]]) -> dict[str, float]:
+  keys = per_batch[0].keys()
+  return {k: float(np.mean(np.concatenate([np.asarray(m[k]).reshape(-1) for m in per_batch]))) for k in keys}
+
+
+def evaluate(eval_step, params, frozen, batches: Sequence[Batch], sharding) -> dict[str, float]:
+  """Means of the per-example metrics over the validation set, keys prefixed with ``val_``."""
+  if not batches:
+    return {}
+  per_batch = [eval_step(params, frozen, to_global(b, sharding)) for b in batches]
+  return {f"val_{k}": v for k, v in _mean_metrics(per_batch).items()}
+
+
+def _checkpoint_manager(directory: str, cfg) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=cfg.get("keep_checkpoints", 1), create=True,
+                                         enable_async_checkpointing=True)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def _budgeted_total(done: int, rate: float, seconds_left: float, max_steps: int) -> int:
+  """Schedule length that spends `seconds_left` at `rate` steps/s, within [done + 1, max_steps]."""
+  return int(min(max_steps, max(done + 1, done + rate * seconds_left)))
+
+
+def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitResult:
+  """Trains `stage` for config.steps steps, resuming from ``workdir/<stage>/checkpoints`` if present.
+
+  With config.time_budget_s > 0, a fresh run times steps 2..calibrate_steps+1 after compiling and then
+  shortens its schedule (config.steps becomes the maximum) so the stage, compile included, takes about
+  the budget; the chosen length is part of the state, so a resumed run keeps it.
+  Reads config: steps, lr, warmup_steps, final_lr_fraction, weight_decay, b1, b2, grad_clip, seed,
+  log_every, checkpoint_every, eval_every (0: only at the end), prefetch, progress (tqdm on/off),
+  time_budget_s, calibrate_steps, mesh.data, mesh.fsdp.
+  """
+  t_begin = time.perf_counter()
+  mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
+  tx, lr_fn = make_optimizer(config)
+  graphdef, params, frozen = split_trainable(stage.module, stage.trainable)
+  state = init_state(params, tx, total_steps=config.steps, seed=config.seed)
+  state_sh = state_shardings(mesh, state)
+  frozen_sh = mesh_lib.tree_shardings(mesh, frozen)
+  batch_sh = mesh_lib.batch_sharding(mesh)
+  repl = mesh_lib.replicated(mesh)
+  budget = config.get("time_budget_s", 0)
+  calibrate_at = config.get("calibrate_steps", 20) + 1
+
+  manager = _checkpoint_manager(os.path.join(workdir, stage.name, "checkpoints"), config)
+  writer = MetricsWriter(workdir, stage.name)
+  batches = None
+  try:
+    latest = manager.latest_step()
+    if latest is not None:
+      target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh)
+      state = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+      writer.truncate_after(latest)
+    else:
+      state = jax.device_put(state, state_sh)
+    frozen = jax.device_put(frozen, frozen_sh)
+    start, total = int(state.step), int(state.total_steps)
+
+    train_step = jax.jit(make_train_step(graphdef, stage.loss_fn, tx, lr_fn),
+                         in_shardings=(state_sh, frozen_sh, batch_sh), out_shardings=(state_sh, repl),
+                         donate_argnums=(0,))
+    eval_step = jax.jit(make_eval_step(graphdef, stage.eval_fn), in_shardings=(state_sh.params, frozen_sh, batch_sh),
+                        out_shardings=repl) if stage.eval_fn is not None else None
+
+    train_metrics: dict[str, float] = {}
+    val_metrics: dict[str, float] = {}
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, initial=start, desc=stage.name, unit="step", dynamic_ncols=True,
+               disable=not config.get("progress", True) or jax.process_index() != 0)
+    batches = prefetch(stage.train_batches(start), config.get("prefetch", 2))
+    done, t_first = start, None
+    while done < total:
+      state, metrics = train_step(state, frozen, to_global(next(batches), batch_sh))
+      done += 1
+      bar.update(1)
+      if done == start + 1:
+        jax.block_until_ready(metrics)
+        t_first = time.perf_counter()
+      if budget and start == 0 and done == calibrate_at:
+        jax.block_until_ready(metrics)
+        rate = (done - 1) / (time.perf_counter() - t_first)
+        total = _budgeted_total(done, rate, budget - (time.perf_counter() - t_begin) - config.get("reserve_s", 0),
+                                config.steps)
+        state = state.replace(total_steps=jax.device_put(jnp.asarray(total, jnp.int32), repl))
+        bar.total = total
+      scalars = {}
+      if done % config.log_every == 0 or done == total:
+        train_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        scalars.update(train_metrics)
+        scalars["steps_per_s"] = (done - start) / (time.perf_counter() - t0)
+        bar.set_postfix(loss=f"{train_metrics['loss']:.4g}")
+      if eval_step is not None and ((config.eval_every and done % config.eval_every == 0) or done == total):
+        val_metrics = evaluate(eval_step, state.params, frozen, stage.val_batches, batch_sh)
+        scalars.update(val_metrics)
+      if scalars and jax.process_index() == 0:
+        writer.write(done, scalars)
+      if done % config.checkpoint_every == 0 or done == total:
+        manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+    bar.close()
+    seconds = time.perf_counter() - t0
+  finally:
+    if batches is not None:
+      batches.close()
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+  nnx.update(stage.module, state.params)
+  return FitResult(module=stage.module, steps_run=done - start, seconds=seconds,
+                   train_metrics=train_metrics, val_metrics=val_metrics)

@@ -1,0 +1,62 @@
+"""The FP stages on the tiny preset and synthetic faces: what trains, stage skipping, export."""
+
+import os
+
+import numpy as np
+from flax import nnx
+
+from quantface_jax.data import io as image_io
+from quantface_jax.models.osdface import build
+from quantface_jax.train import fp_stages, train_fp
+from quantface_jax.train.config_utils import apply_overrides, load_config_file
+from quantface_jax.train.logging import read_metrics
+from quantface_jax.train.trainer import split_trainable
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tiny_config(root, *overrides):
+  c = load_config_file(os.path.join(REPO, "configs", "tiny_fp.py"))
+  return apply_overrides(c, [f"data.root={root}", *overrides])
+
+
+def synthetic_faces(folder, n=20, size=32):
+  rng = np.random.default_rng(0)
+  yy, xx = np.mgrid[:size, :size] / size
+  for i in range(n):
+    f = rng.uniform(1, 4, 3)
+    img = 0.5 + 0.4 * np.sin(2 * np.pi * (f[0] * xx + f[1] * yy)[..., None] + rng.uniform(0, 6, 3))
+    image_io.write_image(os.path.join(folder, f"{i}.png"), img)
+  return str(folder)
+
+
+def trainable_roots(stage):
+  _, params, frozen = split_trainable(stage.module, stage.trainable)
+  paths = lambda s: {".".join(map(str, k[:2])) for k, _ in nnx.to_flat_state(s)}
+  return paths(params), paths(frozen)
+
+
+def test_unet_stage_trains_unet_embedding_and_vae_encoder_only(tmp_path):
+  config = tiny_config(synthetic_faces(tmp_path))
+  stage = fp_stages.unet_stage(build("tiny"), config, lambda s: iter(()), [])
+  trained, frozen = trainable_roots(stage)
+  assert {p.split(".")[0] for p in trained} == {"unet", "embedding_change", "vae"}
+  assert {p for p in trained if p.startswith("vae")} == {"vae.encoder", "vae.quant_conv"}
+  assert {"vae.decoder", "vae.post_quant_conv", "vre.encoder", "vre.quantize"} <= frozen
+  config.stage.unet.train_vae_encoder = False
+  trained, _ = trainable_roots(fp_stages.unet_stage(build("tiny"), config, lambda s: iter(()), []))
+  assert not any(p.startswith("vae") for p in trained)
+
+
+def test_vae_stage_runs_skips_when_done_and_exports(tmp_path):
+  config = tiny_config(synthetic_faces(tmp_path / "faces"), 'stages=("vae",)', "stage.vae.steps=3")
+  workdir = str(tmp_path / "work")
+  model, results = train_fp(config, workdir)
+  assert results["vae"].steps_run == 3 and "val_psnr" in results["vae"].val_metrics
+  assert os.path.exists(os.path.join(workdir, "model", "model.safetensors"))
+  assert [r["step"] for r in read_metrics(workdir, "vae")] == [1, 2, 3]
+  again, results = train_fp(config, workdir)
+  assert results == {}
+  a, b = nnx.state(model, nnx.Param), nnx.state(again, nnx.Param)
+  for (k, x), (_, y) in zip(nnx.to_flat_state(a), nnx.to_flat_state(b)):
+    np.testing.assert_array_equal(np.asarray(x[...]), np.asarray(y[...]), err_msg=str(k))
