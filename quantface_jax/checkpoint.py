@@ -27,6 +27,7 @@ from flax import nnx
 from quantface_jax.convert.torch_to_nnx import ConversionReport
 from quantface_jax.models.configs import PRESETS, OSDFaceConfig
 from quantface_jax.models.osdface import OSDFace, abstract, build
+from quantface_jax.fileio import atomic_write_file, atomic_write_text
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -95,20 +96,6 @@ def _paths(path: str) -> tuple[str, str]:
   return os.path.join(path, WEIGHTS_FILE), os.path.join(path, CONFIG_FILE)
 
 
-def _atomic_write(path: str, write) -> None:
-  folder = os.path.dirname(path) or "."
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-  os.close(fd)
-  try:
-    write(tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-
-
 def flat_params(model: nnx.Module) -> dict[str, jax.Array]:
   """{dotted path: array} of every nnx.Param."""
   return {".".join(str(p) for p in path): v[...]
@@ -120,9 +107,9 @@ def save_safetensors(model: OSDFace, path: str, *, dtype=jnp.float16) -> str:
   folder or a ``.safetensors`` file. Returns the weights path."""
   weights_path, config_path = _paths(path)
   tensors = {k: np.asarray(jax.device_get(v)).astype(dtype) for k, v in flat_params(model).items()}
-  _atomic_write(weights_path, lambda tmp: safetensors.numpy.save_file(
+  atomic_write_file(weights_path, lambda tmp: safetensors.numpy.save_file(
       tensors, tmp, metadata={"format": "quantface_jax.nnx", "model": model.config.name}))
-  _atomic_write(config_path, lambda tmp: open(tmp, "w").write(model.config.to_json()))
+  atomic_write_text(config_path, model.config.to_json())
   return weights_path
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
-import tempfile
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -19,6 +17,7 @@ import numpy as np
 from quantface_jax.data import io as image_io
 from quantface_jax.inference import restore_files
 from quantface_jax.metrics import compute_metrics, fidelity_psnr
+from quantface_jax.fileio import atomic_write_text
 
 RestoreFn = Callable[[object], object]
 
@@ -89,13 +88,13 @@ def evaluate(variants: Mapping[str, RestoreFn], eval_set: EvalSet, out_dir, *, r
       row["psnr_vs_fp"] = float(np.mean([fidelity_psnr(a, b) for a, b in zip(images, outputs[reference])]))
     rows.append(row)
 
-  _write_text(out_dir / "metrics.json", json.dumps(rows, indent=2))
+  atomic_write_text(out_dir / "metrics.json", json.dumps(rows, indent=2))
   k = min(grid_faces, len(stems))
   columns = ["LQ"] + list(outputs) + (["GT"] if gt is not None else [])
   grid_rows = [[lq[i]] + [outputs[v][i] for v in outputs] + ([gt[i]] if gt is not None else [])
                for i in range(k)]
   image_io.write_image(out_dir / "grid.png", image_io.image_grid(grid_rows, labels=columns))
-  _write_text(out_dir / "report.md", report_markdown(rows, eval_set.description, failed))
+  atomic_write_text(out_dir / "report.md", report_markdown(rows, eval_set.description, failed))
   return rows
 
 
@@ -111,11 +110,3 @@ def report_markdown(rows: list[dict], description: str, failed: Mapping[str, str
   if failed:
     lines.append("\n## Failed inputs\n" + "\n".join(f"- {reason}" for reason in failed.values()))
   return "\n".join(lines) + "\n"
-
-
-def _write_text(path: pathlib.Path, text: str) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-  with os.fdopen(fd, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)

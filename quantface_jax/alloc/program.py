@@ -20,12 +20,12 @@ import dataclasses
 import itertools
 import json
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
+from quantface_jax.fileio import atomic_write_text
 
 Mode = Literal["activations", "weights", "both"]
 BudgetKind = Literal["bits", "bops", "bops_fraction"]
@@ -371,19 +371,7 @@ def save_bits_map(
       "meta": dict(meta),
       "layers": layers,
   }
-  text = json.dumps(document, indent=1)
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".bits_map.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp_path, path)
-  except BaseException:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
-    raise
+  atomic_write_text(path, json.dumps(document, indent=1))
 
 
 def load_bits_map(

@@ -20,6 +20,7 @@ import numpy as np
 from quantface_jax.data.degrade import degrade
 from quantface_jax.data.degrade import DegradationConfig
 from quantface_jax.data import io as image_io
+from quantface_jax.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -197,14 +198,8 @@ def make_eval_set(hq_dir: os.PathLike | str, indices: Sequence[int], size: int, 
 
   with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
     manifest['files'] = list(pool.map(write_item, range(len(dataset))))
-  _write_text_atomic(manifest_path, json.dumps(manifest, indent=1))
+  atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
   return out_dir
-
-
-def _write_text_atomic(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_name(f'.{path.name}.tmp')
-  tmp.write_text(text)
-  os.replace(tmp, path)
 
 
 def pack_faces(src_dir: os.PathLike | str, out_dir: os.PathLike | str, size: int, *, quality: int = 95,

@@ -6,13 +6,13 @@ Arrays are float32 (H, W, 3) RGB in [0, 1] unless stated otherwise.
 import os
 import pathlib
 import re
-import tempfile
 
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
 from PIL import ImageOps
+from quantface_jax.fileio import atomic_open
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 _EXIF_ORIENTATION = 0x0112
@@ -164,15 +164,8 @@ def write_image(path: os.PathLike | str, img: np.ndarray, *, quality: int = 95) 
     raise ValueError(f'{path}: unknown image extension {extension!r}')
   pil_image = Image.fromarray(to_uint8(img))
   options = {'quality': quality} if image_format in ('JPEG', 'WEBP') else {}
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      pil_image.save(f, format=image_format, **options)
-    os.replace(tmp_name, path)
-  except BaseException:
-    os.unlink(tmp_name)
-    raise
+  with atomic_open(path, 'wb') as f:
+    pil_image.save(f, format=image_format, **options)
   return path
 
 

@@ -1,0 +1,47 @@
+"""Atomic file writes: a reader (or a resumed run) never sees a partial file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import tempfile
+from typing import IO, Callable, Iterator
+
+
+@contextlib.contextmanager
+def _replacing(path: os.PathLike | str) -> Iterator[str]:
+  """A hidden temporary file name beside ``path`` that replaces ``path`` when the block ends without
+  an exception (and is removed otherwise). Creates missing folders."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  os.close(fd)
+  try:
+    yield tmp
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+    raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: os.PathLike | str, mode: str = "w") -> Iterator[IO]:
+  """``open`` for writing, atomically: the file appears at ``path`` complete or not at all."""
+  with _replacing(path) as tmp, open(tmp, mode) as f:
+    yield f
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def atomic_write_text(path: os.PathLike | str, text: str) -> None:
+  with atomic_open(path) as f:
+    f.write(text)
+
+
+def atomic_write_file(path: os.PathLike | str, write_to: Callable[[str], object]) -> None:
+  """For writers that take a file name (safetensors, np.savez): ``write_to(tmp_name)``, then rename."""
+  with _replacing(path) as tmp:
+    write_to(tmp)
