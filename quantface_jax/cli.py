@@ -9,6 +9,8 @@ import logging
 import pathlib
 import sys
 
+import numpy as np
+
 from quantface_jax.version import __version__
 
 log = logging.getLogger("quantface")
@@ -27,6 +29,15 @@ def _model_config(name_or_path: str):
   return OSDFaceConfig.from_dict(json.loads(config_file.read_text()))
 
 
+def calibration_batches(hq_dir, indices, *, seed: int, size: int, batch_size: int = 8) -> list:
+  """LQ calibration batches ((B, size, size, 3) float32 in [-1, 1]) of the HQ faces ``indices``
+  (file numbers of the sorted folder) degraded with the project pipeline at ``seed``."""
+  from quantface_jax.data.datasets import HQFolderDataset
+  dataset = HQFolderDataset(hq_dir, size, indices=indices, seed=seed)
+  lq = np.stack([dataset.load(i)[0] for i in range(len(dataset))]) * 2.0 - 1.0
+  return [lq[i:i + batch_size].astype(np.float32) for i in range(0, len(lq), batch_size)]
+
+
 def cmd_info(args) -> int:
   from quantface_jax.models.osdface import abstract, parameter_counts
   cfg = _model_config(args.model)
@@ -41,12 +52,48 @@ def cmd_info(args) -> int:
   return 0
 
 
-def cmd_restore(args) -> int:
+def _load_model(ckpt: str, qdir: str | None):
+  """The FP checkpoint, or the quantized model of ``qdir`` (which names its own base)."""
+  if qdir:
+    from quantface_jax.quant.export import load_quantized
+    return load_quantized(qdir)
   from quantface_jax.checkpoint import load
+  return load(ckpt)
+
+
+def cmd_quantize(args) -> int:
+  from quantface_jax.checkpoint import load
+  from quantface_jax.quant import account, account_table, get_recipe, quantize, set_bits
+  from quantface_jax.quant.export import save_quantized
+
+  bits_map = None
+  if args.bits.lower().endswith(".json"):
+    from quantface_jax.alloc.program import load_bits_map
+    bits_map, _ = load_bits_map(args.bits)
+    recipe = get_recipe(args.recipe, "W8A8")
+  else:
+    recipe = get_recipe(args.recipe, args.bits)
+  model = load(args.ckpt)
+  res = model.config.resolution
+  indices = range(args.calib_count)
+  batches = calibration_batches(args.calib, indices, seed=args.calib_seed, size=res,
+                                batch_size=recipe.calibration.batch_size)
+  qmodel = quantize(model, recipe, calibration=batches, progress=True)
+  if bits_map is not None:
+    set_bits(qmodel, bits_map)
+  info = dict(hq_dir=str(pathlib.Path(args.calib).resolve()), indices=[0, args.calib_count],
+              seed=args.calib_seed, bits_map=args.bits if bits_map is not None else None)
+  save_quantized(qmodel, recipe, args.out, base_ckpt=args.ckpt, calibration_info=info)
+  print(account_table(account(qmodel)))
+  print(f"wrote {args.out}")
+  return 0
+
+
+def cmd_restore(args) -> int:
   from quantface_jax.data.io import list_images
   from quantface_jax.inference import DTYPES, make_restore_fn, restore_files
 
-  model = load(args.ckpt)
+  model = _load_model(args.ckpt, args.quant)
   files = list_images(args.input)
   if not files:
     raise SystemExit(f"quantface restore: no images found at {args.input}")
@@ -94,10 +141,21 @@ def cmd_eval(args) -> int:
   else:
     raise SystemExit("quantface eval: give --hq DIR (synthetic LQ) or --lq DIR [--hq DIR]")
   variants = {args.dtype: make_restore_fn(model, dtype=DTYPES[args.dtype])}
+  for qdir in args.quant or ():
+    from quantface_jax.quant.export import load_quantized, read_manifest
+    variants[_quant_row_name(read_manifest(qdir))] = make_restore_fn(load_quantized(qdir))
   rows = evaluate(variants, eval_set, args.out, resolution=res, batch_size=args.batch_size)
   print(json.dumps(rows, indent=2))
   print(f"report: {pathlib.Path(args.out) / 'report.md'}")
   return 0
+
+
+def _quant_row_name(manifest: dict) -> str:
+  """'<recipe>-W<w>A<a>', or '<recipe>-<bits-map file stem>' for a mixed-precision QDIR."""
+  bits_map = manifest["calibration"].get("bits_map")
+  if not bits_map:
+    return manifest["recipe"]["name"]
+  return f'{manifest["recipe"]["name"].rsplit("-", 1)[0]}-{pathlib.Path(bits_map).stem}'
 
 
 def cmd_demo(args) -> int:
@@ -107,6 +165,34 @@ def cmd_demo(args) -> int:
     print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
   print(f"report: {pathlib.Path(args.out) / 'report.md'}")
   return 0
+
+
+def _training_config(args):
+  from quantface_jax.train.config_utils import apply_overrides, load_config_file
+  return apply_overrides(load_config_file(args.config), args.overrides)
+
+
+def cmd_train_fp(args) -> int:
+  from quantface_jax.train import train_fp
+  model, _ = train_fp(_training_config(args), args.workdir)
+  print(f"trained model: {pathlib.Path(args.workdir) / 'model'}")
+  return 0
+
+
+def cmd_train(args) -> int:
+  from quantface_jax.train.distill import train_qdlora
+  train_qdlora(_training_config(args), args.workdir)
+  print(f"quantized model (QDIR): {pathlib.Path(args.workdir) / 'model'}")
+  return 0
+
+
+def _add_training_parser(sub, name: str, help_text: str, func) -> None:
+  s = sub.add_parser(name, help=help_text)
+  s.add_argument("--config", required=True, help="experiment config file (defines get_config())")
+  s.add_argument("--workdir", required=True, help="checkpoints, logs and the result (resumable)")
+  s.add_argument("overrides", nargs="*", metavar="--config.KEY=VALUE",
+                 help="config overrides, e.g. --config.stage.unet.steps=100")
+  s.set_defaults(func=func)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,7 +214,21 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--batch-size", type=int, default=4)
   s.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
   s.add_argument("--compare", action="store_true", help="also write LQ|restored side by side")
+  s.add_argument("--quant", default=None, metavar="QDIR",
+                 help="restore with the quantized model of this QDIR (`quantface quantize`) instead")
   s.set_defaults(func=cmd_restore)
+
+  s = sub.add_parser("quantize", help="post-training quantization of a checkpoint into a QDIR")
+  s.add_argument("--ckpt", default="mini", help="checkpoint dir or preset (default: mini)")
+  s.add_argument("--recipe", required=True, help="rtn, smoothquant, rotate, svdquant or quantface")
+  s.add_argument("--bits", required=True, help="W4A4-style widths, or a bits-map JSON "
+                 "(quantface_jax.alloc.save_bits_map) applied over the recipe at W8A8")
+  s.add_argument("--calib", required=True, help="HQ faces, degraded into the calibration set")
+  s.add_argument("--calib-count", type=int, default=64, help="use the first N files (default 64; "
+                 "the validation faces are file numbers 4000+)")
+  s.add_argument("--calib-seed", type=int, default=1, help="degradation seed of the calibration set")
+  s.add_argument("--out", required=True, help="output QDIR")
+  s.set_defaults(func=cmd_quantize)
 
   s = sub.add_parser("convert", help="convert the PyTorch OSDFace release into one checkpoint")
   s.add_argument("--sd", required=True, help="diffusers SD-2.1-base folder (unet/, vae/, scheduler/)")
@@ -148,19 +248,30 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--out", required=True, help="output folder (resumable)")
   s.add_argument("--batch-size", type=int, default=8)
   s.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+  s.add_argument("--quant", action="append", metavar="QDIR",
+                 help="also evaluate this quantized model (repeatable; one row each)")
   s.set_defaults(func=cmd_eval)
 
   s = sub.add_parser("demo", help="the main job: restore sample faces with the embedded mini model")
   s.add_argument("--out", default="quantface_demo", help="output folder")
   s.add_argument("--ckpt", default="mini", help="checkpoint dir or preset (default: mini)")
   s.set_defaults(func=cmd_demo)
+
+  from quantface_jax.alloc.allocate import add_allocate_parser
+  add_allocate_parser(sub)
+  _add_training_parser(sub, "train-fp", "train the FP model stages (e.g. configs/mini.py)", cmd_train_fp)
+  _add_training_parser(sub, "train", "QD-LoRA distillation of a quantized model (e.g. configs/qdlora_w4a4.py)",
+                       cmd_train)
   return p
 
 
 def main(argv: list[str] | None = None) -> int:
+  # `--config.key=value` overrides are positional for argparse: strip their prefix.
+  argv = [a[len("--config."):] if a.startswith("--config.") else a for a in (sys.argv[1:] if argv is None else argv)]
   args = build_parser().parse_args(argv)
   logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                       format="%(levelname)s %(name)s: %(message)s")
+  logging.getLogger("jax").setLevel(logging.WARNING)  # backend probing is not news
   return args.func(args)
 
 

@@ -63,7 +63,9 @@ def account(model: nnx.Module, *, rules: rules_lib.Rules | None = None,
             resolution: int | None = None) -> dict:
   """Bits and BOPs of ``model``'s quantized layers (or of the plan ``rules`` on an FP model).
 
-  Returns a dict: per-layer rows, totals (``param_bits``, ``fp32_bits``, ``bf16_bits``,
+  Returns a dict: per-layer rows, totals (``param_bits`` and its split ``bits_by_dtype``
+  (int<w>: quantized kernels, fp16: scales, bf16: low-rank, seed: rotations, fp32: the rest),
+  ``fp32_bits``, ``bf16_bits``,
   ``weight_bits``/``fp32_weight_bits`` for the quantized kernels alone, ``bops``, ``fp32_bops``)
   and reductions in percent (``param_reduction_vs_fp32``, ``param_reduction_vs_bf16``,
   ``weight_reduction``, ``bops_reduction``).
@@ -72,7 +74,7 @@ def account(model: nnx.Module, *, rules: rules_lib.Rules | None = None,
   layers = dict(rules_lib.iter_layers(model, _LAYERS))
   shapes = _output_shapes(model, layers, resolution)
   total_params = sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  rows, layer_params = [], 0
+  rows, layer_params, by_dtype = [], 0, {}
   totals = dict(param_bits=0, weight_bits=0, fp32_weight_bits=0, bops=0, fp32_bops=0)
   for path, layer in layers.items():
     kernel = layer.kernel.shape
@@ -84,14 +86,20 @@ def account(model: nnx.Module, *, rules: rules_lib.Rules | None = None,
     if config is None:
       w_bits = a_bits = 32
       bits, bops, rank = (n_kernel + n_bias) * 32, fp32_bops, 0
+      by_dtype['fp32'] = by_dtype.get('fp32', 0) + bits
     else:
       w_bits, a_bits = _bits_of(layer, config)
       rank = min(config.low_rank, math.prod(kernel[:-1]), kernel[-1])
       n_scales = kernel[-1] if config.w_granularity == 'per_channel' else 1
       n_low_rank = rank * (math.prod(kernel[:-1]) + kernel[-1])
-      bits = (n_kernel * w_bits + n_scales * 16 * (1 if config.w_symmetric else 2)
-              + (64 if config.a_mode == 'static' else 0) + (kernel[-2] * 16 if config.smooth else 0)
-              + (64 if config.rotate else 0) + n_low_rank * 16 + n_bias * 32)
+      parts = {f'int{w_bits}': n_kernel * w_bits,
+               'fp16': n_scales * 16 * (1 if config.w_symmetric else 2)
+                       + (kernel[-2] * 16 if config.smooth else 0),
+               'fp32': (64 if config.a_mode == 'static' else 0) + n_bias * 32,
+               'seed': 64 if config.rotate else 0, 'bf16': n_low_rank * 16}
+      bits = sum(parts.values())
+      for dtype, n in parts.items():
+        by_dtype[dtype] = by_dtype.get(dtype, 0) + n
       bops = macs * w_bits * a_bits + math.prod(shapes[path][:-1]) * n_low_rank * 16 * 16
       totals['weight_bits'] += n_kernel * w_bits
       totals['fp32_weight_bits'] += n_kernel * 32
@@ -102,12 +110,13 @@ def account(model: nnx.Module, *, rules: rules_lib.Rules | None = None,
     rows.append(dict(path=path, w_bits=w_bits, a_bits=a_bits, low_rank=rank, macs=macs,
                      param_bits=bits, bops=bops))
   totals['param_bits'] += (total_params - layer_params) * 32  # Everything outside the layers.
+  by_dtype['fp32'] = by_dtype.get('fp32', 0) + (total_params - layer_params) * 32
   original = total_params - sum(_low_rank_params(layer) for layer in layers.values())
   totals['fp32_bits'] = original * 32
   totals['bf16_bits'] = original * 16
   pct = lambda new, old: 100.0 * (1.0 - new / old) if old else 0.0
   return dict(
-      layers=rows, resolution=resolution, **totals,
+      layers=rows, resolution=resolution, **totals, bits_by_dtype=by_dtype,
       param_reduction_vs_fp32=pct(totals['param_bits'], totals['fp32_bits']),
       param_reduction_vs_bf16=pct(totals['param_bits'], totals['bf16_bits']),
       weight_reduction=pct(totals['weight_bits'], totals['fp32_weight_bits']),

@@ -31,21 +31,26 @@ class ObserverStat(nnx.Variable):
 
 class Observer(nnx.Module):
   """Wraps a Linear/Conv2d-like layer (``kernel`` (*taps, d_in, d_out)); returns its output unchanged
-  and accumulates per-channel min/max of its input and a bounded reservoir sample of input rows
+  and accumulates per-channel min/max of its input and a bounded random sample of input rows
   (conv: kh×kw×C_in patches at random output pixels). ``balanced=True`` observes the balanced
   input ``layer.balance(x)`` of a quantized layer instead.
+
+  The randomness is drawn on the host (:class:`_HostDraws`) and passed in as data before every batch:
+  ``positions`` (max_samples, 3) uniforms in [0, 1) pick (image, row, column) of each candidate
+  and ``slots`` (max_samples,) int32 say where it lands in the sample (Algorithm R decided on the
+  host; ``max_samples`` = dropped). The traced step is thus one gather and one scatter per layer.
   """
 
-  def __init__(self, layer: nnx.Module, *, max_samples: int, seed: int, balanced: bool = False):
+  def __init__(self, layer: nnx.Module, *, max_samples: int, balanced: bool = False):
     self.layer = layer
     self.balanced = balanced
     self.max_samples = max_samples
     *taps, d_in, _ = layer.kernel.shape
     self.ch_min = ObserverStat(jnp.full((d_in,), jnp.inf, jnp.float32))
     self.ch_max = ObserverStat(jnp.full((d_in,), -jnp.inf, jnp.float32))
-    self.seen = ObserverStat(jnp.zeros((), jnp.int32))  # candidate rows offered to the reservoir
     self.sample = ObserverStat(jnp.zeros((max_samples, *taps, d_in), jnp.float32))
-    self.key = ObserverStat(jax.random.PRNGKey(seed))
+    self.positions = ObserverStat(jnp.zeros((max_samples, 3), jnp.float32))
+    self.slots = ObserverStat(jnp.full((max_samples,), max_samples, jnp.int32))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     xs = (self.layer.balance(x) if self.balanced else x).astype(jnp.float32)
@@ -53,39 +58,45 @@ class Observer(nnx.Module):
     self.ch_min[...] = jnp.minimum(self.ch_min[...], flat.min(0))
     self.ch_max[...] = jnp.maximum(self.ch_max[...], flat.max(0))
     if self.max_samples:
-      key, pick, slot = jax.random.split(self.key[...], 3)
-      self.key[...] = key
-      self._reservoir(self._candidates(xs, pick), slot)
+      rows = self._candidates(xs)
+      self.sample[...] = self.sample[...].at[self.slots[...]].set(rows, mode='drop')
     return self.layer(x)
 
-  def _candidates(self, xs: jax.Array, key: jax.Array) -> jax.Array:
-    """(m, *taps, d_in) random input rows of this batch, m = min(max_samples, rows)."""
+  def _candidates(self, xs: jax.Array) -> jax.Array:
+    """(max_samples, *taps, d_in) input rows (conv: patches) at the drawn positions."""
+    u = self.positions[...]
+    pick = lambda column, n: jnp.minimum((u[:, column] * n).astype(jnp.int32), n - 1)
     if self.layer.kernel.ndim == 2:
       rows = xs.reshape(-1, xs.shape[-1])
-      idx = jax.random.randint(key, (min(self.max_samples, rows.shape[0]),), 0, rows.shape[0])
-      return rows[idx]
+      return rows[pick(0, rows.shape[0])]
     kh, kw, _, _ = self.layer.kernel.shape
     stride, ((pt, pb), (pl, pr)) = self.layer.stride, self.layer.padding
     padded = jnp.pad(xs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    b, hp, wp, c = padded.shape
+    b, hp, wp, _ = padded.shape
     ho, wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
-    m = min(self.max_samples, b * ho * wo)
-    kb, ki, kj = jax.random.split(key, 3)
-    bi = jax.random.randint(kb, (m,), 0, b)
-    ii = jax.random.randint(ki, (m,), 0, ho) * stride
-    jj = jax.random.randint(kj, (m,), 0, wo) * stride
-    patch = lambda n, i, j: jax.lax.dynamic_slice(padded[n], (i, j, 0), (kh, kw, c))
-    return jax.vmap(patch)(bi, ii, jj)
+    n, i, j = pick(0, b), pick(1, ho) * stride, pick(2, wo) * stride
+    rows_ix = i[:, None, None] + jnp.arange(kh)[None, :, None]
+    cols_ix = j[:, None, None] + jnp.arange(kw)[None, None, :]
+    return padded[n[:, None, None], rows_ix, cols_ix]
 
-  def _reservoir(self, rows: jax.Array, key: jax.Array) -> None:
-    """Reservoir sampling (Algorithm R) of candidate rows into the bounded sample."""
+
+class _HostDraws:
+  """Host-side randomness of one observer: candidate positions and Algorithm R slots."""
+
+  def __init__(self, max_samples: int, seed: int):
+    self.max_samples = max_samples
+    self.seen = 0  # candidate rows offered so far.
+    self.rng = np.random.default_rng(seed)
+
+  def __call__(self, observer: Observer) -> None:
+    """Sets the observer's ``positions`` and ``slots`` for the next batch."""
     k = self.max_samples
-    index = self.seen[...] + jnp.arange(rows.shape[0], dtype=jnp.int32)
-    draw = jnp.floor(jax.random.uniform(key, index.shape) * (index + 1).astype(jnp.float32))
-    slot = jnp.where(index < k, index, draw.astype(jnp.int32))
-    slot = jnp.where(slot < k, slot, k)  # k is out of bounds: dropped.
-    self.sample[...] = self.sample[...].at[slot].set(rows, mode='drop')
-    self.seen[...] = self.seen[...] + rows.shape[0]
+    index = self.seen + np.arange(k)
+    replace = np.floor(self.rng.random(k) * (index + 1)).astype(np.int64)
+    slots = np.where(index < k, index, np.where(replace < k, replace, k))
+    observer.positions[...] = jnp.asarray(self.rng.random((k, 3)), jnp.float32)
+    observer.slots[...] = jnp.asarray(slots, jnp.int32)
+    self.seen += k
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -149,20 +160,29 @@ def _atomic_write(path: str, write: Callable) -> None:
     raise
 
 
+@nnx.jit
+def _observe_step(model: nnx.Module, images: jax.Array) -> None:
+  model.restore(images)
+
+
 def observe(model: nnx.Module, targets: dict[str, nnx.Module], images: Iterable[np.ndarray], *,
-            make_observer: Callable[[str, nnx.Module], Observer], progress: bool = True,
-            desc: str = 'calibrate') -> tuple[dict[str, Observer], int]:
+            make_observer: Callable[[str, nnx.Module], Observer], seed: int = 0,
+            progress: bool = True, desc: str = 'calibrate') -> tuple[dict[str, Observer], int]:
   """Streams ``images`` ((B, R, R, 3) in [-1, 1]) through ``model.restore`` with ``targets``
-  (path -> layer) observed; the layers are swapped back afterwards. Returns (observers, images)."""
+  (path -> layer) observed; the layers are swapped back afterwards. ``seed`` (with each path) seeds
+  the host-drawn sample positions. Returns (observers, images)."""
   observers = {path: make_observer(path, layer) for path, layer in targets.items()}
+  draws = {path: _HostDraws(obs.max_samples, rules_lib.layer_seed(seed, path))
+           for path, obs in observers.items() if obs.max_samples}
   for path, obs in observers.items():
     rules_lib.set_module(model, path, obs)
-  step = nnx.jit(lambda m, x: m.restore(x).image)
   count = 0
   try:
     total = len(images) if hasattr(images, '__len__') else None
     for batch in tqdm.tqdm(images, desc=desc, total=total, disable=not progress):
-      step(model, jnp.asarray(batch, jnp.float32))
+      for path, draw in draws.items():
+        draw(observers[path])
+      _observe_step(model, jnp.asarray(batch, jnp.float32))
       count += len(batch)
   finally:
     for path, layer in targets.items():
@@ -178,14 +198,12 @@ def calibrate(model: nnx.Module, images: Iterable[np.ndarray], *,
   targets = {p: m for p, m in rules_lib.iter_layers(model, rules_lib.FP_LAYERS)
              if rules is None or rules_lib.match(rules, p) is not None}
   observers, count = observe(
-      model, targets, images, progress=progress,
-      make_observer=lambda path, layer: Observer(layer, max_samples=max_samples,
-                                                 seed=rules_lib.layer_seed(seed, path)))
+      model, targets, images, progress=progress, seed=seed,
+      make_observer=lambda _, layer: Observer(layer, max_samples=max_samples))
   layers = {}
   for path, obs in observers.items():
-    n = min(int(obs.seen[...]), max_samples)
     layers[path] = LayerStats(ch_min=np.asarray(obs.ch_min[...]), ch_max=np.asarray(obs.ch_max[...]),
-                              sample=np.asarray(obs.sample[...][:n]))
+                              sample=np.asarray(obs.sample[...][:max_samples if count else 0]))
   cfg = getattr(model, 'config', None)
   meta = dict(num_images=count, max_samples=max_samples, seed=seed,
               timestep=getattr(cfg, 'timestep', None), model=getattr(cfg, 'name', None))

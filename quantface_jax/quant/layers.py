@@ -6,8 +6,9 @@
 Everything that may change between calls of one compiled function is an ``nnx.Variable``:
 ``w_bits``/``a_bits`` (:class:`QuantBits`, int32 scalars) and ``enabled`` (:class:`QuantState`,
 bool scalar; False = full precision, the balanced layer then equals the original up to float32
-rounding), so ``set_bits``/``set_quant_enabled`` never recompile a jitted restore. The rotation is
-static (a hashable ``RotationSpec``: channel count + seed), fixed at quantize time.
+rounding), so ``set_bits``/``set_quant_enabled`` never recompile a jitted restore. The rotation
+Q = H·diag(signs)/√n is split into a static unsigned ``RotationSpec`` (channel count only, so
+layers of one width share compiled code) and its ±1 signs, stored as data (``rotation_signs``).
 
 Weight quantization is symmetric per output channel by default; the stored ``w_clip`` is the clip
 ratio searched at quantize time, and the scale ``w_clip·absmax(R)/qmax(w_bits)`` is derived from the
@@ -47,16 +48,20 @@ class _QuantLayer(nnx.Module):
   """
 
   def __init__(self, kernel: jax.Array, bias: jax.Array | None, *, config: LayerQuantConfig,
-               smooth: jax.Array | None = None, rotation: hadamard.RotationSpec | None = None,
+               smooth: jax.Array | None = None, rotation_signs: jax.Array | None = None,
                low_rank: tuple[jax.Array, jax.Array] | None = None, w_clip: jax.Array | None = None,
                a_range: tuple[float, float] = (0.0, 0.0)):
     self.config = config
     self.kernel = nnx.Param(jnp.asarray(kernel, jnp.float32))
     self.bias = None if bias is None else nnx.Param(jnp.asarray(bias, jnp.float32))
     self.smooth = None if smooth is None else _state(smooth)
-    self.rotation = rotation
-    self.rotation_matrix = (_state(hadamard.dense_rotation(rotation))
-                            if rotation is not None and config.rotation_impl == 'dense' else None)
+    if rotation_signs is None:
+      self.rotation = self.rotation_signs = self.rotation_matrix = None
+    else:
+      self.rotation = hadamard.random_hadamard(len(rotation_signs), None)  # static, unsigned
+      self.rotation_signs = _state(rotation_signs)  # (d_in,) ±1
+      self.rotation_matrix = (_state(hadamard.dense_rotation(self.rotation) * np.asarray(rotation_signs))
+                              if config.rotation_impl == 'dense' else None)
     if low_rank is None:
       self.low_rank_down = self.low_rank_up = None
     else:
@@ -77,12 +82,13 @@ class _QuantLayer(nnx.Module):
 
   def balance(self, x: jax.Array) -> jax.Array:
     """x̂ = x·diag(s)⁻¹·Q over the last axis; x's dtype."""
-    smooth = None if self.smooth is None else self.smooth[...]
-    if self.rotation_matrix is None:
-      return smoothing.balance_input(x, smooth, self.rotation)
-    xs = smoothing.balance_input(x, smooth)
-    return jnp.dot(xs.astype(jnp.float32), self.rotation_matrix[...],
-                   precision=jax.lax.Precision.HIGHEST).astype(x.dtype)
+    xs = smoothing.balance_input(x, None if self.smooth is None else self.smooth[...])
+    if self.rotation_matrix is not None:
+      return jnp.dot(xs.astype(jnp.float32), self.rotation_matrix[...],
+                     precision=jax.lax.Precision.HIGHEST).astype(x.dtype)
+    if self.rotation is None:
+      return xs
+    return rotate_input(xs, self.rotation, self.rotation_signs[...])
 
   def quant_input(self, xh: jax.Array) -> jax.Array:
     """Q_a(x̂) (static per-tensor range, or dynamic per token)."""
@@ -137,6 +143,16 @@ class QuantConv2d(_QuantLayer):
       h = conv2d(xh, down, self.stride, self.padding)
       y = y + jnp.dot(h, self.low_rank_up[...].astype(x.dtype))
     return self._add_bias(y)
+
+
+def rotate_input(x: jax.Array, rotation: hadamard.RotationSpec, signs: jax.Array) -> jax.Array:
+  """x·Q over the last axis of (..., d): the unsigned transform, then the ±1 signs (x's dtype)."""
+  return (hadamard.apply_hadamard(x, rotation) * signs).astype(x.dtype)
+
+
+def rotate_weight(w: jax.Array, rotation: hadamard.RotationSpec, signs: jax.Array) -> jax.Array:
+  """Qᵀ·W over the d_in axis of a (*taps, d_in, d_out) weight."""
+  return (hadamard.apply_hadamard(w, rotation, axis=-2) * signs[:, None]).astype(w.dtype)
 
 
 def low_rank_split(w_hat: jax.Array, rank: int) -> tuple[jax.Array, jax.Array, jax.Array]:

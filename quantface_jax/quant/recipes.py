@@ -72,3 +72,18 @@ def get_recipe(name: str, bits: str = 'W4A4', *, seed: int = 0,
   body = _BODIES[name].replace(w_bits=w_bits, a_bits=a_bits, **overrides)
   return Recipe(name=f'{name}-{bits.upper()}', rules=default_rules(body), seed=seed,
                 calibration=calibration)
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+  """A JSON-ready dict of every setting of ``recipe`` (inverse: :func:`recipe_from_dict`)."""
+  rules = [[pattern, None if config is None else dataclasses.asdict(config)]
+           for pattern, config in recipe.rules]
+  return dict(name=recipe.name, seed=recipe.seed, rules=rules,
+              calibration=dataclasses.asdict(recipe.calibration))
+
+
+def recipe_from_dict(data: dict) -> Recipe:
+  rules = tuple((pattern, None if config is None else LayerQuantConfig(**config))
+                for pattern, config in data['rules'])
+  return Recipe(name=data['name'], rules=rules, seed=data['seed'],
+                calibration=CalibrationSettings(**data['calibration']))

@@ -79,3 +79,28 @@ def test_bits_map_json_round_trip(setup):
   assert bits_map_from_json(bits_map_to_json(bits, meta={'budget': 4})) == bits
   with pytest.raises(KeyError):
     set_bits(qmodel, {'vre.encoder.conv_in': (4, 4)})
+
+
+def test_deeper_balanced_model_equals_original():
+  """Three resolution levels, two layers per block (UNet and VAE): still exact with quant off."""
+  import dataclasses
+
+  from quantface_jax.models import build
+  from quantface_jax.models.configs import TINY
+  config = dataclasses.replace(
+      TINY, name='tiny3',
+      unet=dataclasses.replace(
+          TINY.unet, block_out_channels=(32, 64, 64), layers_per_block=2,
+          down_block_types=('CrossAttnDownBlock2D', 'CrossAttnDownBlock2D', 'DownBlock2D'),
+          up_block_types=('UpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D'),
+          num_attention_heads=(2, 4, 4)),
+      vae=dataclasses.replace(TINY.vae, block_out_channels=(16, 32, 32), layers_per_block=2))
+  model = build(config, seed=1)
+  images = [np.random.default_rng(1).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)]
+  recipe = get_recipe('quantface', 'W4A4', alpha=0.5)
+  stats = calibrate(model, images, rules=recipe.rules, max_samples=0, progress=False)
+  qmodel = api.quantize(model, recipe, calibration=stats)
+  set_quant_enabled(qmodel, False)
+  lq = jnp.asarray(images[0])
+  ref, off = _restore(model, lq), _restore(qmodel, lq)
+  assert _rel(off.image, ref.image) <= 1e-5 and _rel(off.z_high, ref.z_high) <= 1e-5

@@ -34,3 +34,19 @@ def test_stats_are_exact_and_round_trip(tmp_path):
   assert loaded.meta == stats.meta
   for f in ('ch_min', 'ch_max', 'sample'):
     np.testing.assert_array_equal(getattr(loaded['conv'], f), getattr(s, f))
+
+
+def test_calibrate_ranges_measures_the_balanced_input_exactly():
+  from quantface_jax.quant import LayerQuantConfig, Recipe, calibrate_ranges, quantize
+  rng = np.random.default_rng(1)
+  images = [rng.uniform(-1, 1, (2, 6, 6, 3)).astype(np.float32) for _ in range(2)]
+  images[1][..., 2] *= 5  # an outlier channel
+  recipe = Recipe(name='t', rules=(('conv', LayerQuantConfig(rotate=True, rotation_impl='dense')),))
+  model = _Toy()
+  stats = calibrate(model, images[:1], max_samples=4, progress=False)
+  qmodel = quantize(model, recipe, calibration=stats)
+  calibrate_ranges(qmodel, images, progress=False)
+  balanced = np.asarray(qmodel.conv.balance(np.concatenate(images)))
+  assert float(qmodel.conv.a_min[...]) == min(balanced.min(), 0.0)
+  assert float(qmodel.conv.a_max[...]) == max(balanced.max(), 0.0)
+  assert bool(qmodel.conv.enabled[...])  # the switch is restored after the pass

@@ -1,0 +1,44 @@
+"""QD-LoRA distillation of the `mini` OSDFace at W4A4 (recipe `quantface`), for one H200.
+
+Usage: `quantface_jax.train.distill.train_qdlora(get_config(), workdir)`; override with
+`quantface_jax.train.apply_overrides(cfg, ["train.steps=100"])`. The data section is configs/mini.py's.
+"""
+
+import os
+
+import ml_collections
+
+from quantface_jax.train.config_utils import load_config_file
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def get_config() -> ml_collections.ConfigDict:
+  mini = load_config_file(os.path.join(_HERE, "mini.py"))
+  c = ml_collections.ConfigDict()
+  c.model = "mini"  # the FP teacher: a preset name or a model directory (checkpoint.load)
+  c.model_resolution = 128  # face size the teacher was trained at
+  c.seed = 0  # trainer RNG
+  c.compute_dtype = "float32"  # VAE/UNet compute dtype ("bfloat16" on GPU)
+  c.data = mini.data  # CelebA-HQ 0-3999 train, 4000+ val, the same degradations
+
+  c.quant = ml_collections.ConfigDict()
+  c.quant.recipe = "quantface"  # smoothing (α search) + randomized Hadamard + low-rank split
+  c.quant.bits = "W4A4"  # body width; first/last layers stay W8A8
+  c.quant.seed = 0  # rotation seeds
+  c.quant.overrides = ml_collections.ConfigDict()  # LayerQuantConfig fields of the body, e.g. a_mode
+  c.quant.calibration = ml_collections.ConfigDict(dict(
+      num_images=64, batch_size=16, max_samples=256, seed=0, range_pass=True))
+
+  c.qdlora = ml_collections.ConfigDict()
+  c.qdlora.rank = 16  # SVD-branch rank per layer
+  c.qdlora.lora_rank = 16  # LoRA-branch rank per layer
+  c.qdlora.sigma = 0.02  # std of the LoRA down factor (the up factor starts at 0)
+  c.qdlora.seed = 0  # LoRA init draws
+  c.qdlora.learn_scales = True  # LSQ: weight clip ratios and static activation ranges train too
+
+  c.train = ml_collections.ConfigDict(mini.train.to_dict())  # optimizer/logging/mesh defaults
+  c.train.update(dict(steps=2000, batch_size=32, lr=1e-4, warmup_steps=100, time_budget_s=0.0,
+                      checkpoint_every=500, feature_kind="l1"))
+  c.train.weights = ml_collections.ConfigDict(dict(latent=1.0, l1=1.0, sobel=0.5, feature=0.1))
+  return c

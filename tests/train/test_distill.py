@@ -1,0 +1,114 @@
+"""QD-LoRA distillation on the tiny preset and synthetic faces: learning, what trains, exact resume,
+the exported QDIR."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from quantface_jax import checkpoint
+from quantface_jax.quant import qdlora
+from quantface_jax.quant.export import load_quantized
+from quantface_jax.train import distill, fp_stages
+from quantface_jax.train.config_utils import apply_overrides, load_config_file
+from quantface_jax.train.logging import read_metrics
+from test_fp_stages import synthetic_faces
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tiny_config(root, *overrides):
+  config = load_config_file(os.path.join(REPO, "configs", "qdlora_tiny.py"))
+  return apply_overrides(config, [f"data.root={root}", *overrides])
+
+
+def shared_quantized(tmp_path_factory):
+  """(config, quantized tiny model, its QDIR): quantized once per session, then loaded."""
+  base = tmp_path_factory.getbasetemp()
+  faces, qdir = base / "qdlora_faces", base / "qdlora_qdir"
+  if not faces.is_dir():
+    faces.mkdir()
+    synthetic_faces(faces)
+  config = tiny_config(faces)
+  return config, distill.prepare_quantized(checkpoint.load("tiny"), config, str(qdir)), qdir
+
+
+def stage_for(config, quantized, batches):
+  student = qdlora.to_qdlora(quantized, rank=config.qdlora.rank, lora_rank=config.qdlora.lora_rank,
+                             sigma=config.qdlora.sigma, seed=config.qdlora.seed)
+  return distill.distill_stage(student, checkpoint.load("tiny"), config, batches, [])
+
+
+def stream(config):
+  train = fp_stages.pair_dataset(config, range(*config.data.train_range))
+  return fp_stages.batch_stream(train, ("lq", "hq"), config.train.batch_size, seed=0, workers=1)
+
+
+def flat(module):
+  return {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(module))}
+
+
+class Interrupted(Exception):
+  pass
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  return shared_quantized(tmp_path_factory)
+
+
+def test_loss_falls_only_branches_train_and_resume_is_bit_exact(setup, tmp_path):
+  config, quantized, _ = setup
+  config = apply_overrides(config.copy_and_resolve_references(), ["train.steps=6", "train.lr=3e-3"])
+  batch = next(stream(config)(0))
+
+  def fixed(start):  # one batch over and over: its loss must fall
+    del start
+    while True:
+      yield batch
+
+  stage = stage_for(config, quantized, fixed)
+  before = flat(stage.module)
+  full = distill.fit(stage, distill.trainer_config(config), str(tmp_path / "full"))
+  after = flat(full.module)
+  losses = [r["loss"] for r in read_metrics(str(tmp_path / "full"), distill.STAGE)]
+  assert losses[-1] < 0.95 * losses[0], losses  # 6 steps, the first at lr 0 (warmup)
+  trained = {k for k, _ in nnx.to_flat_state(nnx.state(stage.module, stage.trainable))}
+  assert trained and all(k[0] == "student" and k[-1] in ("svd_down", "svd_up", "lora_down", "lora_up")
+                         for k in trained)
+  for key in before:  # lora_down too: its gradient is 0 only while lora_up is (step 1)
+    assert (not np.array_equal(before[key], after[key])) == (key in trained), key
+
+  def dies_at_3(start):
+    for i, batch in enumerate(fixed(start)):
+      if start + i == 3:
+        raise Interrupted
+      yield batch
+
+  with pytest.raises(Interrupted):
+    distill.fit(stage_for(config, quantized, dies_at_3), distill.trainer_config(config),
+                str(tmp_path / "cut"))
+  resumed = distill.fit(stage_for(config, quantized, fixed), distill.trainer_config(config),
+                        str(tmp_path / "cut"))
+  assert resumed.steps_run == 4  # restored at step 2 (checkpoint_every=2)
+  for key, value in flat(resumed.module).items():
+    np.testing.assert_array_equal(value, after[key], err_msg=str(key))
+
+
+def test_train_qdlora_writes_a_loadable_merged_qdir(setup, tmp_path):
+  config, _, qdir = setup
+  config = apply_overrides(config.copy_and_resolve_references(), ["train.steps=1"])
+  workdir = tmp_path / "work"
+  workdir.mkdir()
+  os.symlink(qdir, workdir / "quantized")  # the session's PTQ model
+  merged, result = distill.train_qdlora(config, str(workdir))
+  assert result.steps_run == 1 and "val_psnr" in result.val_metrics
+  assert not any(isinstance(m, qdlora.QDLORA_LAYERS) for _, m in nnx.iter_modules(merged))
+  loaded = load_quantized(workdir / "model")
+  a, b = flat(merged), flat(loaded)
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))
