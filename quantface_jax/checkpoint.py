@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import jax
@@ -27,7 +25,7 @@ from flax import nnx
 from quantface_jax.convert.torch_to_nnx import ConversionReport
 from quantface_jax.models.configs import PRESETS, OSDFaceConfig
 from quantface_jax.models.osdface import OSDFace, abstract, build
-from quantface_jax.fileio import atomic_write_file, atomic_write_text
+from quantface_jax.fileio import atomic_directory, atomic_write_file, atomic_write_text
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -46,11 +44,7 @@ def save_model(model: OSDFace, out_dir: str | Path, *, report: ConversionReport 
   Single-process only (conversion runs on one host). Returns the directory.
   """
   out_dir = Path(out_dir).absolute()
-  if out_dir.exists() and not overwrite:
-    raise FileExistsError(f"{out_dir} exists (pass overwrite=True to replace it)")
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-  try:
+  with atomic_directory(out_dir, overwrite=overwrite) as tmp:
     (tmp / CONFIG_FILE).write_text(model.config.to_json())
     if report is not None:
       (tmp / REPORT_FILE).write_text(report.to_json())
@@ -60,12 +54,6 @@ def save_model(model: OSDFace, out_dir: str | Path, *, report: ConversionReport 
         params = jax.tree.map(lambda x: x.astype(dtype), params)
       checkpointer.save(tmp / PARAMS_DIR, params)
       checkpointer.wait_until_finished()
-    if out_dir.exists():
-      shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return out_dir
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import shutil
 import tempfile
 from typing import IO, Callable, Iterator
 
@@ -45,3 +46,25 @@ def atomic_write_file(path: os.PathLike | str, write_to: Callable[[str], object]
   """For writers that take a file name (safetensors, np.savez): ``write_to(tmp_name)``, then rename."""
   with _replacing(path) as tmp:
     write_to(tmp)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: os.PathLike | str, *, overwrite: bool) -> Iterator[pathlib.Path]:
+  """A temporary directory beside ``path`` to fill; it then replaces ``path`` (removed on error).
+
+  Raises FileExistsError when ``path`` exists and ``overwrite`` is False.
+  """
+  path = pathlib.Path(path).absolute()
+  if path.exists() and not overwrite:
+    raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+  try:
+    yield tmp
+    os.chmod(tmp, 0o755)
+    if path.exists():
+      shutil.rmtree(path)
+    os.replace(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise

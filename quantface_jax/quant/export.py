@@ -23,8 +23,6 @@ import json
 import math
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Mapping
 
 import jax
@@ -42,6 +40,7 @@ from quantface_jax.quant.api import get_bits
 from quantface_jax.quant.layers import QuantConv2d, QuantLinear
 from quantface_jax.quant.recipes import Recipe, recipe_from_dict, recipe_to_dict
 from quantface_jax.quant.rules import LayerQuantConfig
+from quantface_jax.fileio import atomic_directory
 
 QDIR_FORMAT = 'quantface-qdir'
 QDIR_VERSION = 1
@@ -61,28 +60,17 @@ def save_quantized(model: OSDFace, recipe: Recipe, out_dir: str | os.PathLike, *
                    calibration_info: Mapping | None = None, overwrite: bool = True) -> pathlib.Path:
   """Writes the QDIR of ``model`` (quantized with ``recipe``) to ``out_dir``; returns it."""
   out_dir = pathlib.Path(out_dir).absolute()
-  if out_dir.exists() and not overwrite:
-    raise FileExistsError(f'{out_dir} exists')
   report = account(model)
   manifest = dict(format=QDIR_FORMAT, version=QDIR_VERSION, recipe=recipe_to_dict(recipe),
                   base_checkpoint=str(base_ckpt), calibration=dict(calibration_info or {}),
                   bits={p: list(b) for p, b in get_bits(model).items()},
                   account={k: report[k] for k in _ACCOUNT_KEYS})
   tensors = {key: np.asarray(jax.device_get(v[...])) for key, (_, v) in _flat_state(model).items()}
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
-  try:
+  with atomic_directory(out_dir, overwrite=overwrite) as tmp:
     (tmp / CONFIG_FILE).write_text(model.config.to_json())
     safetensors.numpy.save_file(tensors, str(tmp / STATE_FILE),
                                 metadata={'format': QDIR_FORMAT, 'recipe': recipe.name})
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
-    os.chmod(tmp, 0o755)
-    if out_dir.exists():
-      shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return out_dir
 
 
