@@ -26,7 +26,6 @@ import io
 import json
 import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -41,6 +40,7 @@ from quantface_jax.quant import QuantBits, account, get_bits, quant_layers
 from quantface_jax.quant import rules as rules_lib
 from quantface_jax.quant.layers import QUANT_LAYERS
 from quantface_jax.quant.quantizers import PASSTHROUGH_BITS
+from quantface_jax.fileio import atomic_open
 
 _INDEX = "index.json"
 _REFERENCE = "reference.npz"
@@ -322,11 +322,5 @@ def _npz_bytes(**arrays) -> bytes:
 
 
 def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    os.remove(tmp)
-    raise
+  with atomic_open(path, "wb") as f:
+    f.write(data)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from typing import Callable, Iterable
 
 import jax
@@ -20,6 +19,7 @@ import tqdm
 from flax import nnx
 
 from quantface_jax.quant import rules as rules_lib
+from quantface_jax.fileio import atomic_open, atomic_write_text
 
 _SEP = '::'
 _FIELDS = ('ch_min', 'ch_max', 'sample')
@@ -135,9 +135,10 @@ class CalibrationStats:
     """Writes ``stats.npz`` and ``stats.json`` under ``directory``, each atomically."""
     os.makedirs(directory, exist_ok=True)
     arrays = {f'{path}{_SEP}{f}': getattr(s, f) for path, s in self.layers.items() for f in _FIELDS}
-    _atomic_write(os.path.join(directory, 'stats.npz'), lambda fh: np.savez(fh, **arrays))
-    text = json.dumps({'meta': self.meta, 'layers': list(self.layers)}, indent=1)
-    _atomic_write(os.path.join(directory, 'stats.json'), lambda fh: fh.write(text.encode()))
+    with atomic_open(os.path.join(directory, 'stats.npz'), 'wb') as fh:
+      np.savez(fh, **arrays)
+    atomic_write_text(os.path.join(directory, 'stats.json'),
+                      json.dumps({'meta': self.meta, 'layers': list(self.layers)}, indent=1))
 
   @classmethod
   def load(cls, directory: str | os.PathLike) -> 'CalibrationStats':
@@ -148,16 +149,6 @@ class CalibrationStats:
                 for p in index['layers']}
     return cls(layers=layers, meta=index['meta'])
 
-
-def _atomic_write(path: str, write: Callable) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as fh:
-      write(fh)
-    os.replace(tmp, path)
-  except BaseException:
-    os.remove(tmp)
-    raise
 
 
 @nnx.jit

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from typing import Mapping
+from quantface_jax.fileio import atomic_open
 
 try:
   import tensorboardX
@@ -30,10 +31,8 @@ class MetricsWriter:
     with open(self.path) as f:
       records = [json.loads(line) for line in f if line.strip()]
     kept = [r for r in records if r["stage"] != self.stage or r["step"] <= step]
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_open(self.path) as f:
       f.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(tmp, self.path)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     record = {"stage": self.stage, "step": int(step), **{k: float(v) for k, v in scalars.items()}}
