@@ -25,7 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0  # model init, RNG keys, codebook init
   c.compute_dtype = "float32"  # VAE/UNet compute dtype in training ("bfloat16" on GPU)
   c.stage_export_dtype = "float32"  # dtype a finished stage's model is stored (and handed on) in
-  c.stages = ("vae", "vre", "unet")
+  c.stages = ("vae", "vre", "unet", "joint")
+  c.init_from = ""  # model dir or "mini" the first stage starts from ("" builds a fresh preset)
 
   c.data = ml_collections.ConfigDict()
   c.data.root = os.path.join(_REPO, "..", "shared", "data", "celebahq512")  # or a packed 128-px folder
@@ -64,5 +65,8 @@ def get_config() -> ml_collections.ConfigDict:
                        decoder_widths=(128, 96, 64, 32))
   c.stage.unet = _stage(steps=4000, batch_size=32, lr=3e-4, warmup_steps=200,
                         weights=dict(latent=1.0, l1=1.0, sobel=0.5, feature=0.0),
-                        feature_kind="l1", train_vae_encoder=True)
+                        feature_kind="l1", train_vae_encoder=True, train_vae_decoder=False)
+  c.stage.joint = _stage(steps=4000, batch_size=64, lr=2e-4, warmup_steps=100,
+                         weights=dict(latent=0.1, l1=1.0, sobel=0.1, feature=0.0),
+                         feature_kind="l1", train_vae_encoder=True, train_vae_decoder=True)
   return c

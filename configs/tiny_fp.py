@@ -24,4 +24,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.stage.vae.update(steps=4, batch_size=4, warmup_steps=1)
   c.stage.vre.update(steps=4, batch_size=4, warmup_steps=1, decoder_widths=(16, 16))
   c.stage.unet.update(steps=4, batch_size=4, warmup_steps=1)
+  c.stage.joint.update(steps=2, batch_size=4, warmup_steps=1)
   return c

@@ -52,11 +52,21 @@ def cmd_info(args) -> int:
   return 0
 
 
-def _load_model(ckpt: str, qdir: str | None):
+def _load_quant(path: str, backend: str):
+  """(model, row name) of a QDIR (fake quantization) or a SERVE_DIR (integer kernels), told apart
+  by the ``format`` field of their manifest.json."""
+  from quantface_jax.quant.export import load_quantized, read_manifest
+  from quantface_jax.serve import is_serve_dir, load_served
+  from quantface_jax.serve import read_manifest as read_serve_manifest
+  if is_serve_dir(path):
+    return load_served(path, backend=backend), f"{_quant_row_name(read_serve_manifest(path))}-int"
+  return load_quantized(path), _quant_row_name(read_manifest(path))
+
+
+def _load_model(ckpt: str, qdir: str | None, backend: str):
   """The FP checkpoint, or the quantized model of ``qdir`` (which names its own base)."""
   if qdir:
-    from quantface_jax.quant.export import load_quantized
-    return load_quantized(qdir)
+    return _load_quant(qdir, backend)[0]
   from quantface_jax.checkpoint import load
   return load(ckpt)
 
@@ -93,7 +103,7 @@ def cmd_restore(args) -> int:
   from quantface_jax.data.io import list_images
   from quantface_jax.inference import DTYPES, make_restore_fn, restore_files
 
-  model = _load_model(args.ckpt, args.quant)
+  model = _load_model(args.ckpt, args.quant, args.backend)
   files = list_images(args.input)
   if not files:
     raise SystemExit(f"quantface restore: no images found at {args.input}")
@@ -142,8 +152,8 @@ def cmd_eval(args) -> int:
     raise SystemExit("quantface eval: give --hq DIR (synthetic LQ) or --lq DIR [--hq DIR]")
   variants = {args.dtype: make_restore_fn(model, dtype=DTYPES[args.dtype])}
   for qdir in args.quant or ():
-    from quantface_jax.quant.export import load_quantized, read_manifest
-    variants[_quant_row_name(read_manifest(qdir))] = make_restore_fn(load_quantized(qdir))
+    qmodel, name = _load_quant(qdir, args.backend)
+    variants[name] = make_restore_fn(qmodel)
   rows = evaluate(variants, eval_set, args.out, resolution=res, batch_size=args.batch_size)
   print(json.dumps(rows, indent=2))
   print(f"report: {pathlib.Path(args.out) / 'report.md'}")
@@ -156,6 +166,16 @@ def _quant_row_name(manifest: dict) -> str:
   if not bits_map:
     return manifest["recipe"]["name"]
   return f'{manifest["recipe"]["name"].rsplit("-", 1)[0]}-{pathlib.Path(bits_map).stem}'
+
+
+def cmd_export(args) -> int:
+  from quantface_jax.serve import export, packed_account
+  out = export(args.qdir, args.out)
+  for bits, row in sorted(packed_account(out)["weights_by_bits"].items()):
+    print(f"W{bits}: {row['layers']} layers, {row['packed_bytes']:,} bytes packed vs "
+          f"{row['bf16_bytes']:,} bf16 ({row['ratio']:.3f})")
+  print(f"wrote {out}")
+  return 0
 
 
 def cmd_demo(args) -> int:
@@ -195,6 +215,12 @@ def _add_training_parser(sub, name: str, help_text: str, func) -> None:
   s.set_defaults(func=func)
 
 
+def _add_backend_argument(s) -> None:
+  s.add_argument("--backend", default="auto", choices=["auto", "xla", "pallas", "interpret"],
+                 help="integer kernels of a SERVE_DIR given to --quant (default auto: XLA on CPU, "
+                 "the measured-fastest on GPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="quantface", description=__doc__)
   p.add_argument("--version", action="version", version=f"quantface-jax {__version__}")
@@ -214,8 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--batch-size", type=int, default=4)
   s.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
   s.add_argument("--compare", action="store_true", help="also write LQ|restored side by side")
-  s.add_argument("--quant", default=None, metavar="QDIR",
-                 help="restore with the quantized model of this QDIR (`quantface quantize`) instead")
+  s.add_argument("--quant", default=None, metavar="DIR",
+                 help="restore with this quantized model instead: a QDIR (`quantface quantize`, fake "
+                 "quantization) or a SERVE_DIR (`quantface export`, integer kernels)")
+  _add_backend_argument(s)
   s.set_defaults(func=cmd_restore)
 
   s = sub.add_parser("quantize", help="post-training quantization of a checkpoint into a QDIR")
@@ -248,9 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--out", required=True, help="output folder (resumable)")
   s.add_argument("--batch-size", type=int, default=8)
   s.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-  s.add_argument("--quant", action="append", metavar="QDIR",
-                 help="also evaluate this quantized model (repeatable; one row each)")
+  s.add_argument("--quant", action="append", metavar="DIR",
+                 help="also evaluate this quantized model, a QDIR or a SERVE_DIR (repeatable; one "
+                 "row each; a SERVE_DIR's row is named <recipe>-int)")
+  _add_backend_argument(s)
   s.set_defaults(func=cmd_eval)
+
+  s = sub.add_parser("export", help="pack a QDIR for integer serving into a SERVE_DIR")
+  s.add_argument("qdir", help="QDIR from `quantface quantize` or `quantface train`")
+  s.add_argument("--out", required=True, help="output SERVE_DIR (use it with restore/eval --quant)")
+  s.set_defaults(func=cmd_export)
 
   s = sub.add_parser("demo", help="the main job: restore sample faces with the embedded mini model")
   s.add_argument("--out", default="quantface_demo", help="output folder")

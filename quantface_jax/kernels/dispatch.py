@@ -55,8 +55,9 @@ def int_matmul(xq, w, *, a_scale, w_scale, a_zero=None, w_colsum=None, bias=None
 
 
 def quantize_act(x, smooth, rotation, bits, *, backend: str = "auto"):
-    """x [M, K] -> (int8 codes [M, K], f32 scales [M]): ``(x / smooth) @ rotation``, then per-token
-    symmetric ``bits``-bit codes (``bits`` an int32 scalar array). See `quantize_act` module."""
+    """x [M, K] -> (int8 codes [M, K], f32 scales [M]): ``(x / smooth) @ rotation`` (either may be
+    None: skipped), then per-token symmetric ``bits``-bit codes (``bits`` an int32 scalar array).
+    See `quantize_act` module."""
     match _resolve(backend, QUANTIZE_GPU_BACKEND):
         case "xla":
             return quantize_act_xla(x, smooth, rotation, bits)
@@ -68,23 +69,28 @@ def quantize_act(x, smooth, rotation, bits, *, backend: str = "auto"):
             raise ValueError(f"quantize_act has no {other!r} backend")
 
 
-def int_conv2d(xq, wq, *, a_scale, w_scale, bias=None, a_zero=None, stride: int = 1,
-               padding: int = 1, out_dtype=jnp.float32, backend: str = "auto",
-               blocks: GemmBlocks = GemmBlocks()):
+def int_conv2d(xq, wq, *, a_scale, w_scale, bias=None, a_zero=None, w_colsum=None,
+               lowrank_x=None, lowrank_l2=None, stride: int = 1, padding: int = 1,
+               out_dtype=jnp.float32, backend: str = "auto", blocks: GemmBlocks = GemmBlocks()):
     """Integer conv: ``xq`` int8 NHWC [B, H, W, C_in]; ``wq`` int8 HWIO [kh, kw, C_in, C_out];
     per-tensor ``a_scale`` (and optional ``a_zero`` code, also used as the padding code so padding
-    is zero in the real domain); per-C_out ``w_scale``, ``bias`` -> ``out_dtype`` [B, Ho, Wo, C_out].
+    is zero in the real domain; ``w_colsum`` int32 [C_out] precomputed, else summed here);
+    per-C_out ``w_scale``, ``bias``; optional low-rank branch ``lowrank_x`` f32 [B*Ho*Wo, r] (the
+    caller's float conv of the input with L1) and ``lowrank_l2`` [r, C_out], fused in the epilogue
+    -> ``out_dtype`` [B, Ho, Wo, C_out].
 
     "xla": ``lax.conv_general_dilated`` int8 -> int32. Other backends: im2col patches
     [B*Ho*Wo, kh*kw*C_in] (taps ordered kh, kw, C_in) through `int_matmul` with that backend.
     """
     resolved = _resolve(backend, CONV_GPU_BACKEND)
-    kw = dict(a_scale=a_scale, w_scale=w_scale, bias=bias, a_zero=a_zero, out_dtype=out_dtype)
+    kw = dict(a_scale=a_scale, w_scale=w_scale, bias=bias, a_zero=a_zero, lowrank_x=lowrank_x,
+              lowrank_l2=lowrank_l2, out_dtype=out_dtype)
     if resolved == "xla":
-        return int_conv2d_xla(xq, wq, stride=stride, padding=padding, **kw)
+        return int_conv2d_xla(xq, wq, w_colsum=w_colsum, stride=stride, padding=padding, **kw)
     kh, kw_, c_in, c_out = wq.shape
     patches, (b, ho, wo) = im2col(pad_codes(xq, padding, a_zero), kh, kw_, stride)
     w_t = wq.reshape(kh * kw_ * c_in, c_out).T
-    w_colsum = None if a_zero is None else jnp.sum(w_t, axis=1, dtype=jnp.int32)
+    if a_zero is not None and w_colsum is None:
+        w_colsum = jnp.sum(w_t, axis=1, dtype=jnp.int32)
     y = int_matmul(patches, w_t, w_colsum=w_colsum, backend=resolved, blocks=blocks, **kw)
     return y.reshape(b, ho, wo, c_out)

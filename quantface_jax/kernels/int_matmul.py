@@ -239,20 +239,24 @@ def im2col(xp, kh: int, kw: int, stride: int):
 
 
 @functools.partial(jax.jit, static_argnames=("stride", "padding", "out_dtype"))
-def int_conv2d_xla(xq, wq, *, a_scale, w_scale, bias=None, a_zero=None, stride: int = 1,
-                   padding: int = 1, out_dtype=jnp.float32):
+def int_conv2d_xla(xq, wq, *, a_scale, w_scale, bias=None, a_zero=None, w_colsum=None,
+                   lowrank_x=None, lowrank_l2=None, stride: int = 1, padding: int = 1,
+                   out_dtype=jnp.float32):
     """Integer conv by XLA: ``lax.conv_general_dilated`` int8 NHWC x int8 HWIO -> int32 (cuDNN int8
     on GPU when it takes it), then the GEMM epilogue with per-tensor ``a_scale``/``a_zero``
-    (scalars), per-C_out ``w_scale`` [C_out] and ``bias`` [C_out] -> ``out_dtype`` NHWC."""
+    (scalars), per-C_out ``w_scale`` [C_out] and ``bias`` [C_out] -> ``out_dtype`` NHWC.
+    ``w_colsum`` int32 [C_out] (sum of wq over kh, kw, C_in) is computed here unless given;
+    ``lowrank_x`` f32 [B*Ho*Wo, r] with ``lowrank_l2`` [r, C_out] as in `int_matmul`."""
     acc = lax.conv_general_dilated(
         pad_codes(xq, padding, a_zero), wq, (stride, stride), "VALID",
         dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.int32)
     b, ho, wo, c_out = acc.shape
     rows = b * ho * wo
-    w_colsum = None if a_zero is None else jnp.sum(wq, axis=(0, 1, 2), dtype=jnp.int32)
+    if a_zero is not None and w_colsum is None:
+        w_colsum = jnp.sum(wq, axis=(0, 1, 2), dtype=jnp.int32)
     ep = _prepare_epilogue(rows, c_out, rows, c_out, a_scale=a_scale, w_scale=w_scale,
-                           a_zero=a_zero, w_colsum=w_colsum, bias=bias, lowrank_x=None,
-                           lowrank_l2=None)
+                           a_zero=a_zero, w_colsum=w_colsum, bias=bias, lowrank_x=lowrank_x,
+                           lowrank_l2=lowrank_l2)
     y = gemm_epilogue(acc.reshape(rows, c_out), **ep.as_kwargs(), out_dtype=out_dtype)
     return y.reshape(b, ho, wo, c_out)
 

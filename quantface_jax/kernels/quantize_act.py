@@ -4,8 +4,9 @@
     scale[m] = max(max_k |r[m, k]|, 1e-8) / qmax     qmax = 2^(bits-1) - 1
     codes[m, k] = clip(round_half_even(r / scale), -qmax, qmax)
 
-``Q`` is given as dense f32 [K, K] or block-diagonal blocks f32 [K/b, b, b]; ``bits`` is an int32
-scalar *array* (runtime data: one compiled function serves every bit width).
+``Q`` is given as dense f32 [K, K] or block-diagonal blocks f32 [K/b, b, b]; ``smooth`` or ``Q``
+None skips that step (the serving layers pass x already balanced). ``bits`` is an int32 scalar
+*array* (runtime data: one compiled function serves every bit width).
 """
 
 from __future__ import annotations
@@ -20,14 +21,20 @@ from quantface_jax.kernels.reference import (bits_to_qmax, quantize_act_ref, qua
                                              row_scale)
 
 
-def _quantize_kernel(x_ref, smooth_ref, rot_ref, qmax_ref, codes_ref, scale_ref):
-    num_blocks, b, _ = rot_ref.shape
-    qmax = qmax_ref[...]
+def _quantize_kernel(x_ref, *refs, has_smooth, has_rotation):
+    *in_refs, codes_ref, scale_ref = refs
+    in_refs = iter(in_refs)
+    smooth_ref = next(in_refs) if has_smooth else None
+    rot_ref = next(in_refs) if has_rotation else None
+    qmax = next(in_refs)[...]
+    num_blocks, b = (rot_ref.shape[0], rot_ref.shape[1]) if has_rotation else (1, x_ref.shape[1])
 
     def rotated_block(j):
         cols = pl.ds(j * b, b)
-        xs = x_ref[:, cols].astype(jnp.float32) / smooth_ref[:, cols]
-        return jnp.dot(xs, rot_ref[j], preferred_element_type=jnp.float32)
+        xs = x_ref[:, cols].astype(jnp.float32)
+        if has_smooth:
+            xs = xs / smooth_ref[:, cols]
+        return jnp.dot(xs, rot_ref[j], preferred_element_type=jnp.float32) if has_rotation else xs
 
     # Two passes over the rotation blocks (static, unrolled): the row max needs every block before
     # any code can be written; recomputing a block's rotation is cheaper than keeping [bm, K] live.
@@ -42,31 +49,36 @@ def _quantize_kernel(x_ref, smooth_ref, rot_ref, qmax_ref, codes_ref, scale_ref)
 
 @functools.partial(jax.jit, static_argnames=("block_m", "interpret"))
 def quantize_act_pallas(x, smooth, rotation, bits, *, block_m: int = 32, interpret: bool = False):
-    """Pallas fused quantizer. ``x`` bf16/f32 [M, K]; ``smooth`` f32 [K]; ``rotation`` f32 [K, K]
-    or [K/b, b, b]; ``bits`` int32 scalar array -> (int8 codes [M, K], f32 scales [M]).
+    """Pallas fused quantizer. ``x`` bf16/f32 [M, K]; ``smooth`` f32 [K] or None; ``rotation`` f32
+    [K, K] or [K/b, b, b] or None; ``bits`` int32 scalar array -> (int8 codes [M, K], f32 scales [M]).
 
     Grid ``(ceil(M / block_m),)``; each program holds x [block_m, K] and the whole rotation, and
     does one [block_m, b] x [b, b] dot per rotation block per pass. M is padded with zero rows.
     On GPU (Triton lowering) K and b must be powers of two; the XLA path has no such limit.
     """
     m, k = x.shape
-    blocks = rotation[None] if rotation.ndim == 2 else rotation
     mp = -(-m // block_m) * block_m
     x = jnp.pad(x, [(0, mp - m), (0, 0)])
     full = lambda shape: pl.BlockSpec(shape, lambda i: (0,) * len(shape))
+    operands = []  # (array, BlockSpec) of the optional steps, in kernel order
+    if smooth is not None:
+        operands.append((jnp.asarray(smooth, jnp.float32).reshape(1, k), full((1, k))))
+    if rotation is not None:
+        blocks = (rotation[None] if rotation.ndim == 2 else rotation).astype(jnp.float32)
+        operands.append((blocks, full(blocks.shape)))
     codes, scale = pl.pallas_call(
-        _quantize_kernel,
+        functools.partial(_quantize_kernel, has_smooth=smooth is not None,
+                          has_rotation=rotation is not None),
         out_shape=(jax.ShapeDtypeStruct((mp, k), jnp.int8),
                    jax.ShapeDtypeStruct((mp, 1), jnp.float32)),
         grid=(mp // block_m,),
-        in_specs=[pl.BlockSpec((block_m, k), lambda i: (i, 0)), full((1, k)),
-                  full(blocks.shape), full((1, 1))],
+        in_specs=[pl.BlockSpec((block_m, k), lambda i: (i, 0)), *(s for _, s in operands),
+                  full((1, 1))],
         out_specs=(pl.BlockSpec((block_m, k), lambda i: (i, 0)),
                    pl.BlockSpec((block_m, 1), lambda i: (i, 0))),
         interpret=interpret,
         name="quantize_act",
-    )(x, jnp.asarray(smooth, jnp.float32).reshape(1, k), blocks.astype(jnp.float32),
-      bits_to_qmax(bits))
+    )(x, *(a for a, _ in operands), bits_to_qmax(bits))
     return codes[:m], scale[:m, 0]
 
 

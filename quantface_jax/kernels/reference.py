@@ -80,8 +80,13 @@ def int_matmul_ref(xq, w_stored, *, a_scale, w_scale, a_zero=None, w_colsum=None
 
 def rotate_ref(x, smooth, rotation):
     """``(x / smooth) @ Q`` in f32: ``x`` [M, K]; ``smooth`` [K]; ``rotation`` dense [K, K] or
-    block-diagonal blocks [K/b, b, b] (one ``[M, b] @ [b, b]`` dot per block, in block order)."""
-    xs = jnp.asarray(x, jnp.float32) / jnp.asarray(smooth, jnp.float32)[None, :]
+    block-diagonal blocks [K/b, b, b] (one ``[M, b] @ [b, b]`` dot per block, in block order).
+    ``smooth`` / ``rotation`` None: that step is skipped (x already balanced by the caller)."""
+    xs = jnp.asarray(x, jnp.float32)
+    if smooth is not None:
+        xs = xs / jnp.asarray(smooth, jnp.float32)[None, :]
+    if rotation is None:
+        return xs
     rotation = jnp.asarray(rotation, jnp.float32)
     blocks = rotation[None] if rotation.ndim == 2 else rotation
     b = blocks.shape[-1]

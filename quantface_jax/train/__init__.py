@@ -1,6 +1,6 @@
 """Training: losses, a data-parallel/FSDP NNX trainer with exact resume, the FP stages of the mini model.
 
-`train_fp(config, workdir)` trains an OSDFace from scratch (stages vae -> vre -> unet, see
+`train_fp(config, workdir)` trains an OSDFace from scratch (stages vae -> vre -> unet [-> joint], see
 `fp_stages`); each finished stage leaves the whole model in ``workdir/stages/<stage>/`` and a rerun
 continues after the last finished stage (and inside an unfinished one from its Orbax checkpoint).
 """
@@ -8,6 +8,7 @@ continues after the last finished stage (and inside an unfinished one from its O
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Callable
 
@@ -18,6 +19,7 @@ from quantface_jax.models.configs import PRESETS
 from quantface_jax.models.osdface import OSDFace, build
 from quantface_jax.train import fp_stages
 from quantface_jax.train.config_utils import apply_overrides
+from quantface_jax import checkpoint
 from quantface_jax.checkpoint import load_safetensors, save_safetensors
 from quantface_jax.train.mesh import make_mesh, maybe_initialize_distributed
 from quantface_jax.train.trainer import FitResult, Stage, TrainState, fit, make_optimizer
@@ -28,6 +30,20 @@ __all__ = ["FitResult", "Stage", "TrainState", "apply_overrides", "fit", "load_s
 
 def model_config(config: ml_collections.ConfigDict):
   return dataclasses.replace(PRESETS[config.model], resolution=config.model_resolution)
+
+
+def initial_model(config: ml_collections.ConfigDict) -> OSDFace:
+  """The model the first stage starts from: ``config.init_from`` (a model directory or ``mini``) when
+  set, else a fresh `build` of the preset (e.g. ``stages=("unet",) init_from=mini`` continues the
+  shipped model's UNet stage)."""
+  source = config.get("init_from", "")
+  if not source:
+    return build(model_config(config), seed=config.seed)
+  model = checkpoint.load(source)
+  if model.config.resolution != config.model_resolution:
+    raise ValueError(f"init_from={source!r} is a {model.config.resolution}-px model; "
+                     f"config.model_resolution is {config.model_resolution}")
+  return model
 
 
 def train_fp(config: ml_collections.ConfigDict, workdir: str,
@@ -47,16 +63,17 @@ def train_fp(config: ml_collections.ConfigDict, workdir: str,
     raise ValueError(f"unknown stages {unknown}; known: {fp_stages.STAGES}")
   finished = [i for i, n in enumerate(names) if os.path.exists(os.path.join(stage_dir(n), "model.safetensors"))]
   first = finished[-1] + 1 if finished else 0
-  model = load_safetensors(stage_dir(names[first - 1])) if first else build(model_config(config), seed=config.seed)
+  model = load_safetensors(stage_dir(names[first - 1])) if first else initial_model(config)
 
   train = fp_stages.pair_dataset(config, range(*config.data.train_range))
   remaining = names[first:]
   pairs = None
-  if {"vre", "unet"} & set(remaining):
+  if {"vre", "unet", "joint"} & set(remaining):
     pairs = (fp_stages.DegradedCache(train, epochs=config.data.lq_epochs, workers=config.data.workers)
              if config.data.lq_epochs else train)
   val = fp_stages.val_batches(config) if remaining else []
-  builders = {"vae": fp_stages.vae_stage, "vre": fp_stages.vre_stage, "unet": fp_stages.unet_stage}
+  builders = {"vae": fp_stages.vae_stage, "vre": fp_stages.vre_stage, "unet": fp_stages.unet_stage,
+              "joint": functools.partial(fp_stages.unet_stage, name="joint")}
 
   results = {}
   for i, name in enumerate(remaining, start=first):

@@ -8,6 +8,8 @@
 - ``unet``: the one-step restorer: LQ -> encode (mean) -> UNet at t=399 with the VRE prompt ->
             z_H -> decode; latent MSE to scaled encode(HQ) + pixel L1 + Sobel L1 (+ VRE feature loss).
             UNet + embedding_change train (+ the VAE encoder if configured); decoder and VRE frozen.
+- ``joint``: the ``unet`` stage's job with the VAE decoder unfrozen too (only the VRE stays frozen),
+            weighted towards the pixel losses: end-to-end fine-tuning for fidelity (PSNR).
 
 Images in batches are (B, R, R, 3) in [-1, 1] under keys ``lq`` and ``hq``.
 """
@@ -35,7 +37,7 @@ from quantface_jax.models.vre import VRE
 from quantface_jax.train import losses
 from quantface_jax.train.trainer import Stage
 
-STAGES = ("vae", "vre", "unet")
+STAGES = ("vae", "vre", "unet", "joint")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -252,8 +254,9 @@ def vre_stage(model: OSDFace, config, train_stream, val) -> Stage:
                train_batches=train_stream, val_batches=val)
 
 
-def unet_stage(model: OSDFace, config, train_stream, val) -> Stage:
-  scfg = config.stage.unet
+def unet_stage(model: OSDFace, config, train_stream, val, *, name: str = "unet") -> Stage:
+  """The one-step restorer's stage; `name` picks its config (``unet`` or ``joint``)."""
+  scfg = config.stage[name]
   w, dtype = scfg.weights, _dtype(config)
   scale = model.config.vae.scaling_factor
 
@@ -273,9 +276,11 @@ def unet_stage(model: OSDFace, config, train_stream, val) -> Stage:
             "psnr_input": losses.psnr(_to_unit(batch["lq"]), hq)}
 
   parts = [nnx.PathContains("unet"), nnx.PathContains("embedding_change")]
-  if scfg.train_vae_encoder:
-    parts += [nnx.All(nnx.PathContains("vae"), nnx.Any(nnx.PathContains("encoder"), nnx.PathContains("quant_conv")))]
-  return Stage(name="unet", module=model, trainable=nnx.Any(*parts), loss_fn=loss_fn, eval_fn=eval_fn,
+  vae_parts = (["encoder", "quant_conv"] if scfg.train_vae_encoder else []) + \
+              (["decoder", "post_quant_conv"] if scfg.get("train_vae_decoder", False) else [])
+  if vae_parts:
+    parts.append(nnx.All(nnx.PathContains("vae"), nnx.Any(*map(nnx.PathContains, vae_parts))))
+  return Stage(name=name, module=model, trainable=nnx.Any(*parts), loss_fn=loss_fn, eval_fn=eval_fn,
                train_batches=train_stream, val_batches=val)
 
 

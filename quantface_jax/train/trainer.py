@@ -248,9 +248,13 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
     bar = tqdm(total=total, initial=start, desc=stage.name, unit="step", dynamic_ncols=True,
                disable=not config.get("progress", True) or jax.process_index() != 0)
     batches = prefetch(stage.train_batches(start), config.get("prefetch", 2))
-    done, t_first = start, None
+    done, t_first, data_wait = start, None, 0.0
     while done < total:
-      state, metrics = train_step(state, frozen, to_global(next(batches), batch_sh))
+      t_wait = time.perf_counter()
+      batch = next(batches)
+      if done > start:  # the first batch's wait overlaps compilation
+        data_wait += time.perf_counter() - t_wait
+      state, metrics = train_step(state, frozen, to_global(batch, batch_sh))
       done += 1
       bar.update(1)
       if done == start + 1:
@@ -267,7 +271,11 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
       if done % config.log_every == 0 or done == total:
         train_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         scalars.update(train_metrics)
-        scalars["steps_per_s"] = (done - start) / (time.perf_counter() - t0)
+        # Rates after the first (compiling) step; data_wait_frac near 1 means input-bound.
+        since_first = time.perf_counter() - t_first if t_first is not None else 0.0
+        if done > start + 1 and since_first > 0:
+          scalars["steps_per_s"] = (done - start - 1) / since_first
+          scalars["data_wait_frac"] = data_wait / since_first
         bar.set_postfix(loss=f"{train_metrics['loss']:.4g}")
       if eval_step is not None and ((config.eval_every and done % config.eval_every == 0) or done == total):
         val_metrics = evaluate(eval_step, state.params, frozen, stage.val_batches, batch_sh)

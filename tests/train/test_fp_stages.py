@@ -3,11 +3,13 @@
 import os
 
 import numpy as np
+import pytest
 from flax import nnx
 
 from quantface_jax.data import io as image_io
 from quantface_jax.models.osdface import build
-from quantface_jax.train import fp_stages, train_fp
+from quantface_jax.checkpoint import save_safetensors
+from quantface_jax.train import fp_stages, initial_model, train_fp
 from quantface_jax.train.config_utils import apply_overrides, load_config_file
 from quantface_jax.train.logging import read_metrics
 from quantface_jax.train.trainer import split_trainable
@@ -60,3 +62,26 @@ def test_vae_stage_runs_skips_when_done_and_exports(tmp_path):
   a, b = nnx.state(model, nnx.Param), nnx.state(again, nnx.Param)
   for (k, x), (_, y) in zip(nnx.to_flat_state(a), nnx.to_flat_state(b)):
     np.testing.assert_array_equal(np.asarray(x[...]), np.asarray(y[...]), err_msg=str(k))
+
+
+def test_init_from_starts_the_first_stage_from_a_saved_model(tmp_path):
+  source = build("tiny", seed=7)
+  save_safetensors(source, str(tmp_path / "source"), dtype=np.float32)
+  config = tiny_config(tmp_path, f"init_from={tmp_path / 'source'}")
+  start = initial_model(config)
+  for (k, x), (_, y) in zip(nnx.to_flat_state(nnx.state(source, nnx.Param)),
+                            nnx.to_flat_state(nnx.state(start, nnx.Param))):
+    np.testing.assert_array_equal(np.asarray(x[...]), np.asarray(y[...]), err_msg=str(k))
+  fresh = initial_model(tiny_config(tmp_path))  # no init_from: the preset at config.seed
+  assert not np.array_equal(np.asarray(fresh.unet.conv_in.kernel[...]), np.asarray(source.unet.conv_in.kernel[...]))
+  with pytest.raises(ValueError, match="model_resolution is 64"):
+    initial_model(tiny_config(tmp_path, f"init_from={tmp_path / 'source'}", "model_resolution=64"))
+
+
+def test_joint_stage_also_trains_the_decoder_and_keeps_the_vre_frozen(tmp_path):
+  config = tiny_config(synthetic_faces(tmp_path))
+  stage = fp_stages.unet_stage(build("tiny"), config, lambda s: iter(()), [], name="joint")
+  trained, frozen = trainable_roots(stage)
+  assert stage.name == "joint"
+  assert {"vae.encoder", "vae.quant_conv", "vae.decoder", "vae.post_quant_conv"} <= trained
+  assert {"vre.encoder", "vre.quantize"} <= frozen and not any(p.startswith("vre") for p in trained)

@@ -1,0 +1,159 @@
+"""End-to-end restore speed of the integer serving model (SERVE_DIR) against our bf16 and PyTorch.
+
+`sd21` shapes, random weights. Parts (run each in its own process for clean peak memory; JAX cannot
+reset its peak counter): `benchmarks/run_serve_h200.sh` does that on the H200.
+
+  export       build the FP model, calibrate static activation ranges on one random LQ face
+               (``--act dynamic`` needs none, but then 3x3 convs run one GEMM per tap), quantize
+               with ``rtn`` and write SERVE_DIRs W4A8, W4A4, W8A8 under --workdir
+  W4           load W4A8 and time it, then W4A4 (same structure: a_bits is data, one compile)
+  W8A8         load W8A8 and time it
+  bf16         our FP model in bfloat16
+  torch_eager_fp16, torch_compile_fp16   benchmarks/bench_fp.py's torch reference rows
+
+Every JAX part compiles its batch sizes concurrently (ahead of time, in threads), then times them
+one after the other (median of --iters after warm-up; ``bench_fp.timed``). Rows
+{variant, batch, faces_per_s, latency_ms, peak_mem_gb, compile_s} are appended to the JSON list
+--out. CPU smoke run: ``python benchmarks/bench_serve.py --model tiny --batches 1 --iters 1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import pathlib
+import time
+
+from bench_fp import bench_torch, timed  # importing bench_fp puts the repo and tests/ on sys.path
+
+JAX_PARTS = ("export", "bf16", "W4", "W8A8")
+TORCH_PARTS = ("torch_eager_fp16", "torch_compile_fp16")
+# SERVE_DIRs written by `export`, and which of them each timing part loads.
+SERVED = {"W4": ("W4A8", "W4A4"), "W8A8": ("W8A8",)}
+
+
+def _random_lq(batch: int, res: int):
+  import jax
+  import jax.numpy as jnp
+  return jax.random.uniform(jax.random.key(batch), (batch, res, res, 3), jnp.float32, -1.0, 1.0)
+
+
+def export_part(preset: str, act: str, workdir: pathlib.Path) -> None:
+  from quantface_jax.models import build
+  from quantface_jax.quant import calibrate, get_bits, get_recipe, quantize, set_bits
+  from quantface_jax.serve import packed_account, save_served, serve_model
+
+  t0 = time.perf_counter()
+  model = build(preset)
+  recipe = get_recipe("rtn", "W4A8", a_mode=act)
+  stats = None
+  if act == "static":  # ranges only change values, not speed: one random face is enough
+    stats = calibrate(model, [_random_lq(1, model.config.resolution)], rules=recipe.rules,
+                      max_samples=0, progress=False)
+  qmodel = quantize(model, recipe, calibration=stats, inplace=True)
+  body = [p for p, bits in get_bits(qmodel).items() if bits == (4, 8)]  # not the kept-W8A8 ones
+  print(f"quantized in {time.perf_counter() - t0:.0f} s", flush=True)
+  for name, bits in (("W4A8", (4, 8)), ("W4A4", (4, 4)), ("W8A8", (8, 8))):
+    set_bits(qmodel, {p: bits for p in body})
+    out = save_served(serve_model(qmodel), workdir / name,
+                      recipe=get_recipe("rtn", name, a_mode=act), base_ckpt=preset,
+                      calibration_info=dict(random_lq=1 if stats else 0))
+    print(json.dumps(dict(serve_dir=str(out), **packed_account(out))), flush=True)
+
+
+def time_jax(variants: dict, batches: list[int], iters: int, res: int) -> list[dict]:
+  """``variants``: name -> (load() -> model, dtype), all of one structure: their batch sizes are
+  compiled once, concurrently; then each variant x batch is timed."""
+  import jax
+  from flax import nnx
+
+  from quantface_jax.inference import cast_for_inference
+
+  lqs = {b: _random_lq(b, res) for b in batches}
+  compiled, rows = {}, []
+  for variant, (load, dtype) in variants.items():
+    t0 = time.perf_counter()
+    model = load()
+    state = cast_for_inference(model, dtype)
+    load_s = time.perf_counter() - t0
+    if not compiled:
+      graphdef = nnx.graphdef(model)
+      restore = jax.jit(lambda s, lq: nnx.merge(graphdef, s).restore(lq, dtype=dtype).image)
+
+      def compile_one(b):
+        t = time.perf_counter()
+        return b, restore.lower(state, lqs[b]).compile(), time.perf_counter() - t
+
+      with concurrent.futures.ThreadPoolExecutor(len(batches)) as pool:
+        compiled = {b: (fn, s) for b, fn, s in pool.map(compile_one, batches)}
+    elif nnx.graphdef(model) != graphdef:
+      raise ValueError(f"{variant}: not the structure of {next(iter(variants))}")
+    del model
+    for b in sorted(batches):
+      fn, compile_s = compiled[b]
+      ms = timed(lambda: fn(state, lqs[b]), jax.block_until_ready, warmup=min(2, iters), iters=iters)
+      stats = jax.local_devices()[0].memory_stats() or {}
+      row = dict(variant=variant, batch=b, faces_per_s=b / ms * 1e3, latency_ms=ms,
+                 peak_mem_gb=stats.get("peak_bytes_in_use", float("nan")) / 2**30,
+                 compile_s=compile_s, load_s=load_s)
+      print(json.dumps(row), flush=True)
+      rows.append(row)
+    del state
+  return rows
+
+
+def run_part(part: str, args) -> list[dict]:
+  import jax.numpy as jnp
+
+  from quantface_jax.models import PRESETS, build
+  from quantface_jax.serve import load_served, packed_account
+
+  res = PRESETS[args.model].resolution
+  if part == "export":
+    export_part(args.model, args.act, args.workdir)
+    return []
+  if part == "bf16":
+    return time_jax({"jax_bfloat16": (lambda: build(args.model), jnp.bfloat16)}, args.batches,
+                    args.iters, res)
+  if part in SERVED:
+    for name in SERVED[part]:
+      w = packed_account(args.workdir / name)["weights_by_bits"]
+      print(f"{name}: " + ", ".join(f"W{b} {r['packed_bytes'] / 2**20:,.1f} MiB vs bf16 "
+                                    f"{r['bf16_bytes'] / 2**20:,.1f} MiB ({r['ratio']:.3f})"
+                                    for b, r in sorted(w.items())), flush=True)
+    load = lambda name: (lambda: load_served(args.workdir / name, backend=args.backend))
+    rows = time_jax({f"jax_{n}": (load(n), jnp.bfloat16) for n in SERVED[part]}, args.batches,
+                    args.iters, res)
+    return [dict(r, recipe="rtn", act=args.act, backend=args.backend) for r in rows]
+  return bench_torch(args.model, part.removeprefix("torch_"), args.batches, set())
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--parts", default=",".join(JAX_PARTS),
+                 help=f"comma-separated, in order: {', '.join(JAX_PARTS + TORCH_PARTS)}")
+  p.add_argument("--model", default="sd21", help="preset shapes (random weights): sd21 | mini | tiny")
+  p.add_argument("--batches", default="1,16", type=lambda s: [int(b) for b in s.split(",")])
+  p.add_argument("--iters", type=int, default=10, help="timed calls per row (median)")
+  p.add_argument("--act", default="static", choices=["static", "dynamic"],
+                 help="activation quantization of the exported models")
+  p.add_argument("--backend", default="auto", help="integer kernels: auto | xla | pallas")
+  p.add_argument("--workdir", default="/tmp/quantface_bench_serve", type=pathlib.Path,
+                 help="where `export` writes the SERVE_DIRs and the timing parts read them")
+  p.add_argument("--out", default=None, help="append the rows to this JSON list")
+  args = p.parse_args()
+  rows = []
+  for part in args.parts.split(","):
+    if part not in JAX_PARTS + TORCH_PARTS:
+      raise SystemExit(f"unknown part {part!r}")
+    rows += run_part(part, args)
+  if args.out and rows:
+    from quantface_jax.fileio import atomic_write_text
+    out = pathlib.Path(args.out)
+    previous = json.loads(out.read_text()) if out.exists() else []
+    atomic_write_text(out, json.dumps(previous + rows, indent=1))
+
+
+if __name__ == "__main__":
+  main()

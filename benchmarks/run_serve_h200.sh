@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Integer serving benchmark on the lent H200: SERVE_DIRs (rtn, static activation ranges from one random
+# face) W4A8 / W4A4 / W8A8 against our bf16 and the PyTorch fp16 reference, sd21 shapes, random weights,
+# batch 1 and 16; one process per part (clean peak memory), each under a timeout.
+# Usage (device tool, carrying the wheels in .whl): bash benchmarks/run_serve_h200.sh [PART ...]
+#   parts: export W4 W8A8 bf16 torch_eager_fp16 torch_compile_fp16
+#   default: export W4 W8A8 bf16 torch_eager_fp16 (~8 min estimated: four sd21 model structures
+#   compiled, both batch sizes concurrently); torch_compile_fp16 (~3 min of torch.compile) on request.
+# Rows go to $OUT/h200_quantized.json (a JSON list); logs to $OUT/serve_<part>.log.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+OUT=${OUT:-benchmarks/results}
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+parts=${*:-export W4 W8A8 bf16 torch_eager_fp16}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+for part in $parts; do
+  echo "== $part"
+  timeout ${PART_TIMEOUT:-240} python3 benchmarks/bench_serve.py --parts "$part" --batches 1,16 \
+    --out "$OUT/h200_quantized.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/serve_$part.log" | grep -E '^\{|MiB|Error|error' | cut -c1-400
+done
