@@ -88,8 +88,9 @@ def max_errors(got, ref) -> dict:
 
 
 class Runner:
-    def __init__(self, plan: Plan):
+    def __init__(self, plan: Plan, rows_path: Path | None = None):
         self.plan, self.results, self.start = plan, [], time.perf_counter()
+        self.rows_path = rows_path  # each record is appended here as it completes: a killed run keeps its rows
 
     def case(self, record: dict, body):
         """Run ``body() -> dict`` into ``record``; failures and the time budget are recorded."""
@@ -103,6 +104,9 @@ class Runner:
                 traceback.print_exc(limit=2)
         self.results.append(record)
         print(_row(record), flush=True)
+        if self.rows_path is not None:
+            with open(self.rows_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
 
 def gemm_problem(rng, m, k, n, w_bits, a_bits):
@@ -258,11 +262,16 @@ def main():
     parser.add_argument("--out", type=Path, default=None, help="JSON results path")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CPU check)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per case")
+    parser.add_argument("--budget-s", type=float, default=None, help="stop starting cases after this long")
     args = parser.parse_args()
     plan = SMOKE if args.smoke else FULL
     if args.repeats:
         plan = dataclasses.replace(plan, repeats=args.repeats)
-    run = Runner(plan)
+    if args.budget_s:
+        plan = dataclasses.replace(plan, budget_s=args.budget_s)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    run = Runner(plan, args.out.with_suffix(".jsonl") if args.out else None)
     rng = np.random.default_rng(0)
     print(f"device: {jax.devices()[0].device_kind}  jax {jax.__version__}", flush=True)
     for section in (bench_conv, bench_quantize, bench_gemms):  # GEMMs last: most cases
@@ -278,7 +287,6 @@ def main():
         print(_row(r))
     print("recommendation:", json.dumps(summary["recommendation"], indent=1))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=1))
         print(f"wrote {args.out}")
 

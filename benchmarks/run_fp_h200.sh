@@ -4,15 +4,8 @@
 # Usage (device tool, carrying the wheels in .whl): bash benchmarks/run_fp_h200.sh [PART ...]
 #   parts: jax_bf16 jax_fp32 torch_eager_fp16 torch_eager_fp32 torch_compile_fp16 (default: all)
 # Rows go to $OUT/h200_fp.jsonl (one JSON row per variant x batch); logs to $OUT/fp_<part>.log.
-set -uo pipefail
-export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
-OUT=${OUT:-benchmarks/results}
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
+source "$(dirname "$0")/h200_env.sh"
 parts=${*:-jax_bf16 jax_fp32 torch_eager_fp16 torch_eager_fp32 torch_compile_fp16}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
 for part in $parts; do
   case $part in
     jax_bf16) args="--impl jax --dtype bfloat16 --components ${COMPONENTS-16}" ;;

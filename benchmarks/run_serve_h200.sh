@@ -7,16 +7,10 @@
 #   default: export W4 W8A8 bf16 torch_eager_fp16 (~8 min estimated: four sd21 model structures
 #   compiled, both batch sizes concurrently); torch_compile_fp16 (~3 min of torch.compile) on request.
 # Rows go to $OUT/h200_quantized.json (a JSON list); logs to $OUT/serve_<part>.log.
-set -uo pipefail
-export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
-OUT=${OUT:-benchmarks/results}
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
+source "$(dirname "$0")/h200_env.sh"
 parts=${*:-export W4 W8A8 bf16 torch_eager_fp16}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 for part in $parts; do
   echo "== $part"
-  timeout ${PART_TIMEOUT:-240} python3 benchmarks/bench_serve.py --parts "$part" --batches 1,16 \
+  timeout ${PART_TIMEOUT:-300} python3 benchmarks/bench_serve.py --parts "$part" --batches 1,16 \
     --out "$OUT/h200_quantized.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/serve_$part.log" | grep -E '^\{|MiB|Error|error' | cut -c1-400
 done

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -96,34 +97,45 @@ def save_safetensors(model: OSDFace, path: str, *, dtype=jnp.float16) -> str:
   weights_path, config_path = _paths(path)
   tensors = {k: np.asarray(jax.device_get(v)).astype(dtype) for k, v in flat_params(model).items()}
   atomic_write_file(weights_path, lambda tmp: safetensors.numpy.save_file(
-      tensors, tmp, metadata={"format": "quantface_jax.nnx", "model": model.config.name}))
+      tensors, tmp, metadata={"format": "quantface_jax.nnx"}))  # one key: multi-key metadata order varies
   atomic_write_text(config_path, model.config.to_json())
   return weights_path
 
 
-def load_safetensors(path: str, *, dtype=jnp.float32) -> OSDFace:
-  """Builds the OSDFace of ``config.json`` and fills it from the weights, strictly.
+def fill_strict(model: nnx.Module, tensors: Mapping[str, np.ndarray], source: str | os.PathLike, *,
+                dtype=None, check_dtypes: bool = False) -> nnx.Module:
+  """``model`` (abstract or concrete) with every variable set from the tensor of its dotted path.
 
-  Raises ValueError naming every missing, unexpected or mis-shaped key.
+  The one strict loader of every weights file here (model, QDIR, SERVE_DIR): raises ValueError
+  naming ``source`` and every missing, unexpected, mis-shaped (and, with ``check_dtypes``,
+  mis-typed) key. ``dtype``: cast the tensors (None keeps each file dtype).
   """
+  graphdef, state = nnx.split(model)
+  expected = {".".join(str(p) for p in path): (path, v) for path, v in nnx.to_flat_state(state)}
+  common = [(k, tensors[k], v) for k, (_, v) in expected.items() if k in tensors]
+  problems = {
+      "missing keys": sorted(set(expected) - set(tensors)),
+      "unexpected keys": sorted(set(tensors) - set(expected)),
+      "mis-shaped keys": sorted(f"{k}: file {tuple(t.shape)} vs model {tuple(v.shape)}"
+                                for k, t, v in common if tuple(t.shape) != tuple(v.shape)),
+      "mis-typed keys": sorted(f"{k}: file {t.dtype} vs model {np.dtype(v.dtype)}" for k, t, v in common
+                               if check_dtypes and t.dtype != np.dtype(v.dtype)),
+  }
+  found = [f"{name}: {keys}" for name, keys in problems.items() if keys]
+  if found:
+    raise ValueError(f"{source}: " + "; ".join(found))
+  filled = nnx.from_flat_state([(path, v.replace(jnp.asarray(tensors[k], dtype)))
+                                for k, (path, v) in expected.items()])
+  return nnx.merge(graphdef, filled)
+
+
+def load_safetensors(path: str, *, dtype=jnp.float32) -> OSDFace:
+  """Builds the OSDFace of ``config.json`` and fills it from the weights, strictly (`fill_strict`)."""
   weights_path, config_path = _paths(path)
   with open(config_path) as f:
     cfg = OSDFaceConfig.from_dict(json.load(f))
   tensors = safetensors.numpy.load_file(weights_path)
-  graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: OSDFace(cfg, rngs=nnx.Rngs(0))))
-  flat = nnx.to_flat_state(abstract_state)
-  expected = {".".join(str(p) for p in path): (path, v) for path, v in flat}
-  missing = sorted(set(expected) - set(tensors))
-  unexpected = sorted(set(tensors) - set(expected))
-  misshaped = sorted(f"{k}: file {tensors[k].shape} vs model {tuple(v.shape)}"
-                     for k, (_, v) in expected.items() if k in tensors and tensors[k].shape != tuple(v.shape))
-  problems = [f"{name}: {keys}" for name, keys in
-              (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped)) if keys]
-  if problems:
-    raise ValueError(f"{weights_path}: " + "; ".join(problems))
-  filled = nnx.from_flat_state([(path, v.replace(jnp.asarray(tensors[k], dtype)))
-                                for k, (path, v) in expected.items()])
-  return nnx.merge(graphdef, filled)
+  return fill_strict(nnx.eval_shape(lambda: OSDFace(cfg, rngs=nnx.Rngs(0))), tensors, weights_path, dtype=dtype)
 
 
 def restore_any(model_dir: Path, *, sharding=None) -> OSDFace:

@@ -1,5 +1,5 @@
-"""Quantization: fake quantizers, Hadamard rotations, smoothing, quantized layers, rules, calibration,
-recipes, the size/BOPs account and the QDIR format (DESIGN §2)."""
+"""Quantization: fake quantizers, Hadamard rotations, smoothing, quantized layers, QD-LoRA layers, rules,
+calibration, recipes, the size/BOPs account and the QDIR format (DESIGN §2)."""
 
 from quantface_jax.quant.account import account, account_table
 from quantface_jax.quant.api import (BITS_MAP_FORMAT, bits_map_from_json, bits_map_to_json,
@@ -9,6 +9,8 @@ from quantface_jax.quant.calibrate import CalibrationStats, LayerStats, Observer
 from quantface_jax.quant.export import load_quantized, read_manifest, save_quantized
 from quantface_jax.quant.hadamard import (RotationSpec, apply_hadamard, apply_hadamard_transpose,
                                           dense_rotation, random_hadamard)
+from quantface_jax.quant.qdlora import (QDLORA_LAYERS, QDLoRAConv2d, QDLoRALinear, merge_qdlora,
+                                        to_qdlora)
 from quantface_jax.quant.layers import (QuantBits, QuantConv2d, QuantLinear, QuantState,
                                         low_rank_split, rotate_input, rotate_weight)
 from quantface_jax.quant.quantizers import (ACT_DYNAMIC_PER_TOKEN, ACT_STATIC_PER_TENSOR,

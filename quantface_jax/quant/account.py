@@ -89,7 +89,8 @@ def account(model: nnx.Module, *, rules: rules_lib.Rules | None = None,
       by_dtype['fp32'] = by_dtype.get('fp32', 0) + bits
     else:
       w_bits, a_bits = _bits_of(layer, config)
-      rank = min(config.low_rank, math.prod(kernel[:-1]), kernel[-1])
+      rank = _live_rank(layer) if isinstance(layer, QUANT_LAYERS) else min(
+          config.low_rank, math.prod(kernel[:-1]), kernel[-1])
       n_scales = kernel[-1] if config.w_granularity == 'per_channel' else 1
       n_low_rank = rank * (math.prod(kernel[:-1]) + kernel[-1])
       parts = {f'int{w_bits}': n_kernel * w_bits,
@@ -123,11 +124,26 @@ def account(model: nnx.Module, *, rules: rules_lib.Rules | None = None,
       bops_reduction=pct(totals['bops'], totals['fp32_bops']))
 
 
+# Factor pairs (down, up) a quantized layer may carry: the PTQ low-rank split and QD-LoRA's SVD and
+# LoRA branches (they merge into one pair of rank r_svd + r_lora on export).
+_BRANCHES = (("low_rank_down", "low_rank_up"), ("svd_down", "svd_up"), ("lora_down", "lora_up"))
+
+
+def _branches(layer) -> list[tuple]:
+  if not isinstance(layer, QUANT_LAYERS):
+    return []
+  pairs = [(getattr(layer, d, None), getattr(layer, u, None)) for d, u in _BRANCHES]
+  return [(d, u) for d, u in pairs if d is not None]
+
+
+def _live_rank(layer) -> int:
+  """Total rank of the low-rank branches the layer carries (what its export stores)."""
+  return sum(up.shape[0] for _, up in _branches(layer))
+
+
 def _low_rank_params(layer) -> int:
-  """Parameters of an applied low-rank branch (not part of the original model)."""
-  if not isinstance(layer, QUANT_LAYERS) or layer.low_rank_down is None:
-    return 0
-  return math.prod(layer.low_rank_down.shape) + math.prod(layer.low_rank_up.shape)
+  """Parameters of the applied low-rank branches (not part of the original model)."""
+  return sum(math.prod(d.shape) + math.prod(u.shape) for d, u in _branches(layer))
 
 
 def account_table(report: dict) -> str:

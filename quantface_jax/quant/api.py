@@ -162,14 +162,15 @@ def calibrate_ranges(model: nnx.Module, images: Iterable[np.ndarray], *,
              if m.config.a_mode == 'static' and m.rotation is not None}
   if not targets:
     return
-  enabled = {p: m.enabled[...] for p, m in targets.items()}
+  layers = quant_layers(model)  # every layer's switch is restored, not only the measured ones'
+  enabled = {p: m.enabled[...] for p, m in layers.items()}
   set_quant_enabled(model, False)
   try:
     observers, _ = observe(
         model, targets, images, progress=progress, desc='calibrate ranges',
         make_observer=lambda _, layer: Observer(layer, max_samples=0, balanced=True))
   finally:
-    for path, layer in targets.items():
+    for path, layer in layers.items():
       layer.enabled[...] = enabled[path]
   for path, obs in observers.items():
     targets[path].a_min[...] = jnp.minimum(obs.ch_min[...].min(), 0.0)

@@ -40,6 +40,7 @@ from quantface_jax.quant.api import get_bits
 from quantface_jax.quant.layers import QuantConv2d, QuantLinear
 from quantface_jax.quant.recipes import Recipe, recipe_from_dict, recipe_to_dict
 from quantface_jax.quant.rules import LayerQuantConfig
+from quantface_jax import checkpoint
 from quantface_jax.fileio import atomic_directory
 
 QDIR_FORMAT = 'quantface-qdir'
@@ -69,7 +70,7 @@ def save_quantized(model: OSDFace, recipe: Recipe, out_dir: str | os.PathLike, *
   with atomic_directory(out_dir, overwrite=overwrite) as tmp:
     (tmp / CONFIG_FILE).write_text(model.config.to_json())
     safetensors.numpy.save_file(tensors, str(tmp / STATE_FILE),
-                                metadata={'format': QDIR_FORMAT, 'recipe': recipe.name})
+                                metadata={'format': QDIR_FORMAT})  # one key: see serve/export.py
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
   return out_dir
 
@@ -109,25 +110,11 @@ def _empty_quant_layer(layer: nnx.Module, config: LayerQuantConfig) -> QuantLine
 def load_quantized(qdir: str | os.PathLike) -> OSDFace:
   """The quantized model of a QDIR, ready for ``make_restore_fn``.
 
-  Raises ValueError naming every missing, unexpected or mis-shaped key.
+  Raises ValueError naming every missing, unexpected or mis-shaped key (`checkpoint.fill_strict`).
   """
   qdir = pathlib.Path(qdir)
   manifest = read_manifest(qdir)
   config = OSDFaceConfig.from_dict(json.loads((qdir / CONFIG_FILE).read_text()))
   model = quantized_skeleton(config, recipe_from_dict(manifest['recipe']))
   tensors = safetensors.numpy.load_file(str(qdir / STATE_FILE))
-  expected = _flat_state(model)
-  missing = sorted(set(expected) - set(tensors))
-  unexpected = sorted(set(tensors) - set(expected))
-  misshaped = sorted(f'{k}: file {tensors[k].shape} vs model {tuple(v.shape)}'
-                     for k, (_, v) in expected.items()
-                     if k in tensors and tuple(tensors[k].shape) != tuple(v.shape))
-  problems = [f'{name}: {keys}' for name, keys in (('missing keys', missing),
-                                                   ('unexpected keys', unexpected),
-                                                   ('mis-shaped keys', misshaped)) if keys]
-  if problems:
-    raise ValueError(f'{qdir / STATE_FILE}: ' + '; '.join(problems))
-  graphdef = nnx.graphdef(model)
-  state = nnx.from_flat_state([(path, v.replace(jnp.asarray(tensors[k])))
-                               for k, (path, v) in expected.items()])
-  return nnx.merge(graphdef, state)
+  return checkpoint.fill_strict(model, tensors, qdir / STATE_FILE)

@@ -30,11 +30,11 @@ import pathlib
 from typing import Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 from flax import nnx
 
+from quantface_jax import checkpoint
 from quantface_jax.fileio import atomic_directory
 from quantface_jax.models.configs import OSDFaceConfig
 from quantface_jax.models.layers import Conv2d, Linear
@@ -82,8 +82,9 @@ def save_served(model: OSDFace, out_dir: str | os.PathLike, *, recipe: Recipe, b
                   base_checkpoint=str(base_ckpt), source=source)
   with atomic_directory(out_dir, overwrite=overwrite) as tmp:
     (tmp / CONFIG_FILE).write_text(model.config.to_json())
-    safetensors.numpy.save_file(tensors, str(tmp / WEIGHTS_FILE),
-                                metadata={'format': SERVE_FORMAT, 'recipe': recipe.name})
+    # One metadata key: safetensors writes metadata in hash-map order, so two keys would make the
+    # header (and the byte-exact round trip) vary from run to run. The recipe is in the manifest.
+    safetensors.numpy.save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={'format': SERVE_FORMAT})
     manifest['account'] = _account(tmp / WEIGHTS_FILE, manifest['layers'], model.config)
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
   return out_dir
@@ -145,23 +146,7 @@ def load_served(serve_dir: str | os.PathLike, *, backend: str = 'auto') -> OSDFa
   model = _skeleton(config, manifest['layers'], backend, serve_dir / MANIFEST_FILE)
   weights = serve_dir / WEIGHTS_FILE
   tensors = safetensors.numpy.load_file(str(weights))
-  expected = {rules_lib.path_str(path): (path, v)
-              for path, v in nnx.to_flat_state(nnx.state(model))}
-  missing = sorted(set(expected) - set(tensors))
-  unexpected = sorted(set(tensors) - set(expected))
-  common = [(k, tensors[k], v) for k, (_, v) in expected.items() if k in tensors]
-  misshaped = [f'{k}: file {t.shape} vs model {tuple(v.shape)}' for k, t, v in common
-               if t.shape != tuple(v.shape)]
-  mistyped = [f'{k}: file {t.dtype} vs model {np.dtype(v.dtype)}' for k, t, v in common
-              if t.dtype != np.dtype(v.dtype)]
-  problems = [f'{name}: {keys}' for name, keys in (
-      ('missing keys', missing), ('unexpected keys', unexpected), ('mis-shaped keys', misshaped),
-      ('mis-typed keys', mistyped)) if keys]
-  if problems:
-    raise ValueError(f'{weights}: ' + '; '.join(problems))
-  state = nnx.from_flat_state([(path, v.replace(jnp.asarray(tensors[k])))
-                               for k, (path, v) in expected.items()])
-  return nnx.merge(nnx.graphdef(model), state)
+  return checkpoint.fill_strict(model, tensors, weights, check_dtypes=True)
 
 
 def _tensor_bytes(weights_file: pathlib.Path) -> dict[str, int]:

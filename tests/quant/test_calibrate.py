@@ -12,10 +12,11 @@ class _Toy(nnx.Module):
   def __init__(self):
     from quantface_jax.models.layers import Conv2d
     self.conv = Conv2d(3, 4, 3, padding=1, rngs=nnx.Rngs(0))
+    self.head = Conv2d(4, 4, 1, rngs=nnx.Rngs(1))
 
   def restore(self, x):
     from quantface_jax.models.osdface import RestoreOutput
-    y = self.conv(x)
+    y = self.head(self.conv(x))
     return RestoreOutput(image=y, z_low=y, z_high=y, eps=y, prompt=y)
 
 
@@ -41,7 +42,8 @@ def test_calibrate_ranges_measures_the_balanced_input_exactly():
   rng = np.random.default_rng(1)
   images = [rng.uniform(-1, 1, (2, 6, 6, 3)).astype(np.float32) for _ in range(2)]
   images[1][..., 2] *= 5  # an outlier channel
-  recipe = Recipe(name='t', rules=(('conv', LayerQuantConfig(rotate=True, rotation_impl='dense')),))
+  recipe = Recipe(name='t', rules=(('conv', LayerQuantConfig(rotate=True, rotation_impl='dense')),
+                                   ('head', LayerQuantConfig(a_mode='dynamic'))))
   model = _Toy()
   stats = calibrate(model, images[:1], max_samples=4, progress=False)
   qmodel = quantize(model, recipe, calibration=stats)
@@ -49,4 +51,5 @@ def test_calibrate_ranges_measures_the_balanced_input_exactly():
   balanced = np.asarray(qmodel.conv.balance(np.concatenate(images)))
   assert float(qmodel.conv.a_min[...]) == min(balanced.min(), 0.0)
   assert float(qmodel.conv.a_max[...]) == max(balanced.max(), 0.0)
-  assert bool(qmodel.conv.enabled[...])  # the switch is restored after the pass
+  # Every switch is restored after the pass, also of the layers it does not measure.
+  assert bool(qmodel.conv.enabled[...]) and bool(qmodel.head.enabled[...])

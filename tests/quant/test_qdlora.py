@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from quantface_jax.models.layers import Conv2d, Linear
-from quantface_jax.quant import QuantConv2d, QuantLinear, api, qdlora, set_quant_enabled
+from quantface_jax.quant import QuantConv2d, QuantLinear, account, api, qdlora, set_quant_enabled
 from quantface_jax.quant.calibrate import LayerStats
 from quantface_jax.quant.rules import LayerQuantConfig
 
@@ -92,3 +92,14 @@ def test_model_equals_fp_at_init_when_quant_off(tiny_pair):
   assert _rel(out.z_high, ref.z_high) <= 1e-5 and _rel(out.image, ref.image) <= 1e-5
   with pytest.raises(ValueError):
     qdlora.to_qdlora(student)
+
+
+def test_account_counts_the_live_branches_as_the_merged_export_does(tiny_pair):
+  _, quantized = tiny_pair
+  student = qdlora.to_qdlora(quantized, rank=4, lora_rank=3, sigma=0.05)
+  live, merged = account(student), account(qdlora.merge_qdlora(student))
+  keys = ('param_bits', 'bf16_bits', 'fp32_bits', 'weight_bits', 'bops', 'fp32_bops')
+  assert {k: live[k] for k in keys} == {k: merged[k] for k in keys}
+  assert [r['low_rank'] for r in live['layers']] == [r['low_rank'] for r in merged['layers']]
+  assert max(r['low_rank'] for r in live['layers']) == 7  # svd 4 + lora 3
+  assert live['fp32_bits'] == account(quantized)['fp32_bits']  # branches are not part of the original

@@ -6,7 +6,7 @@ and a rank-4 low-rank branch."""
 import numpy as np
 import pytest
 
-from quantface_jax.quant import LayerQuantConfig, Recipe, calibrate, quantize, set_quant_enabled
+from quantface_jax.quant import LayerQuantConfig, Recipe, calibrate, quantize
 from quantface_jax.quant.rules import FULL_PRECISION, KEEP_W8A8
 
 
@@ -29,8 +29,4 @@ def quantized(tiny_model, lq):
   """(fake-quant model at W4A4, its recipe)."""
   recipe = mixed_recipe()
   stats = calibrate(tiny_model, [lq], rules=recipe.rules, max_samples=32, progress=False)
-  model = quantize(tiny_model, recipe, calibration=stats, images=[lq])
-  # quant.api.calibrate_ranges switches every layer off but back on only the static rotated ones
-  # it measured, which leaves this mixed recipe's dynamic layers off.
-  set_quant_enabled(model, True)
-  return model, recipe
+  return quantize(tiny_model, recipe, calibration=stats, images=[lq]), recipe

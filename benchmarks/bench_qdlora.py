@@ -1,0 +1,100 @@
+"""QD-LoRA training throughput at `sd21` shapes (random weights, 512² faces) on a device mesh.
+
+    python benchmarks/bench_qdlora.py --preset sd21 --batch 8 --steps 30 --out $OUT/qdlora.jsonl       # 1 GPU
+    python benchmarks/bench_qdlora.py --preset sd21 --batch 8 --mesh-data 2 --out $OUT/qdlora.jsonl    # 2 GPUs, DP
+    python benchmarks/bench_qdlora.py --preset sd21 --batch 8 --mesh-data 1 --mesh-fsdp 2 --out ...    # 2 GPUs, FSDP
+    python benchmarks/bench_qdlora.py --preset tiny --batch 2 --steps 3 --out /tmp/q.jsonl             # CPU check
+
+The student is the quantface recipe at W4A4 without its calibration-heavy steps (α fixed at 0.5,
+one calibration face, no reservoir sample; the trained run uses configs/qdlora_w4a4.py), turned into
+QD-LoRA layers (rank 16 + 16); the teacher is the same FP model. Batches are fixed random LQ faces
+(no input pipeline: this measures the step). The step is the real one: `train.distill.distill_stage`
+on `train.trainer.fit`, jit with NamedSharding over a ("data", "fsdp") mesh. Appends one JSON row:
+images/s and step time after the compiling step, peak memory per device, and the per-step losses
+(so runs on different meshes can be checked to follow the same curve).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import tempfile
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from quantface_jax.models import build  # pylint: disable=wrong-import-position
+from quantface_jax.quant import CalibrationSettings, get_recipe, quantize, to_qdlora  # pylint: disable=wrong-import-position
+from quantface_jax.train.distill import distill_stage  # pylint: disable=wrong-import-position
+from quantface_jax.train.logging import read_metrics  # pylint: disable=wrong-import-position
+from quantface_jax.train.trainer import fit  # pylint: disable=wrong-import-position
+
+
+def run_config(args) -> ml_collections.ConfigDict:
+  """What `distill_stage` and `fit` read, for a fixed-length unlogged-to-disk run."""
+  c = ml_collections.ConfigDict()
+  c.compute_dtype = args.dtype
+  c.train = ml_collections.ConfigDict(dict(
+      steps=args.steps, batch_size=args.batch, lr=1e-4, warmup_steps=2, final_lr_fraction=0.05,
+      weight_decay=0.0, b1=0.9, b2=0.99, grad_clip=1.0, seed=0, log_every=1,
+      checkpoint_every=10**9, keep_checkpoints=1, eval_every=0, prefetch=2, progress=False,
+      time_budget_s=0.0, feature_kind="l1",
+      weights=dict(latent=1.0, l1=1.0, sobel=0.5, feature=0.1),
+      mesh=dict(data=args.mesh_data, fsdp=args.mesh_fsdp)))
+  return c
+
+
+def peak_memory_gb() -> list[float]:
+  stats = [d.memory_stats() or {} for d in jax.local_devices()]
+  return [round(s.get("peak_bytes_in_use", 0) / 2**30, 2) for s in stats]
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--preset", default="sd21")
+  parser.add_argument("--batch", type=int, default=8, help="global batch (faces per step)")
+  parser.add_argument("--steps", type=int, default=30, help="steps run (the first compiles)")
+  parser.add_argument("--dtype", default="bfloat16", help="VAE/UNet compute dtype")
+  parser.add_argument("--mesh-data", type=int, default=-1)
+  parser.add_argument("--mesh-fsdp", type=int, default=1)
+  parser.add_argument("--out", required=True, help="JSON-lines file the row is appended to")
+  args = parser.parse_args()
+
+  t0 = time.perf_counter()
+  teacher = build(args.preset)
+  res = teacher.config.resolution
+  rng = np.random.default_rng(0)
+  recipe = get_recipe("quantface", "W4A4", alpha=0.5, calibration=CalibrationSettings(
+      num_images=1, batch_size=1, max_samples=0))
+  student = to_qdlora(quantize(teacher, recipe, calibration=[rng.uniform(-1, 1, (1, res, res, 3)).astype(np.float32)]),
+                      rank=16, lora_rank=16, inplace=True)
+  setup_s = time.perf_counter() - t0
+
+  batches = [{"lq": rng.uniform(-1, 1, (args.batch, res, res, 3)).astype(np.float32),
+              "hq": rng.uniform(-1, 1, (args.batch, res, res, 3)).astype(np.float32)} for _ in range(4)]
+  stream = lambda start: (batches[s % len(batches)] for s in range(start, args.steps))
+  config = run_config(args)
+  stage = distill_stage(student, teacher, config, stream, [])
+  with tempfile.TemporaryDirectory() as workdir:
+    result = fit(stage, config.train, workdir)
+    records = read_metrics(workdir, "qdlora")
+  rate = records[-1]["steps_per_s"]  # after the compiling first step
+  row = dict(preset=args.preset, resolution=res, dtype=args.dtype, devices=jax.device_count(),
+             device_kind=jax.devices()[0].device_kind, mesh=dict(data=args.mesh_data, fsdp=args.mesh_fsdp),
+             global_batch=args.batch, steps=result.steps_run, images_per_s=rate * args.batch,
+             step_ms=1e3 / rate, train_s=result.seconds, setup_s=setup_s,
+             peak_mem_gb_per_device=peak_memory_gb(), losses=[r["loss"] for r in records])
+  print(json.dumps(row))
+  with open(args.out, "a") as f:
+    f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+  main()
