@@ -14,7 +14,7 @@ reset its peak counter): `benchmarks/run_serve_h200.sh` does that on the H200.
 Every JAX part compiles its batch sizes concurrently (ahead of time, in threads), then times them
 one after the other (median of --iters after warm-up; ``bench_fp.timed``). Rows
 {variant, batch, faces_per_s, latency_ms, peak_mem_gb, compile_s} are appended to the JSON list
---out. CPU smoke run: ``python benchmarks/bench_serve.py --model tiny --batches 1 --iters 1``.
+--out; variants are W4A4, W4A8, W8A8, bf16, torch_fp16 and torch_fp16_compiled. CPU smoke run: ``python benchmarks/bench_serve.py --model tiny --batches 1 --iters 1``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import time
 from bench_fp import bench_torch, timed  # importing bench_fp puts the repo and tests/ on sys.path
 
 JAX_PARTS = ("export", "bf16", "W4", "W8A8")
-TORCH_PARTS = ("torch_eager_fp16", "torch_compile_fp16")
+# Torch parts -> the variant names of benchmarks/results/h200_quantized.json (issue #7's row format).
+TORCH_PARTS = {"torch_eager_fp16": "torch_fp16", "torch_compile_fp16": "torch_fp16_compiled"}
 # SERVE_DIRs written by `export`, and which of them each timing part loads.
 SERVED = {"W4": ("W4A8", "W4A4"), "W8A8": ("W8A8",)}
 
@@ -114,8 +115,7 @@ def run_part(part: str, args) -> list[dict]:
     export_part(args.model, args.act, args.workdir)
     return []
   if part == "bf16":
-    return time_jax({"jax_bfloat16": (lambda: build(args.model), jnp.bfloat16)}, args.batches,
-                    args.iters, res)
+    return time_jax({"bf16": (lambda: build(args.model), jnp.bfloat16)}, args.batches, args.iters, res)
   if part in SERVED:
     for name in SERVED[part]:
       w = packed_account(args.workdir / name)["weights_by_bits"]
@@ -123,16 +123,16 @@ def run_part(part: str, args) -> list[dict]:
                                     f"{r['bf16_bytes'] / 2**20:,.1f} MiB ({r['ratio']:.3f})"
                                     for b, r in sorted(w.items())), flush=True)
     load = lambda name: (lambda: load_served(args.workdir / name, backend=args.backend))
-    rows = time_jax({f"jax_{n}": (load(n), jnp.bfloat16) for n in SERVED[part]}, args.batches,
-                    args.iters, res)
+    rows = time_jax({n: (load(n), jnp.bfloat16) for n in SERVED[part]}, args.batches, args.iters, res)
     return [dict(r, recipe="rtn", act=args.act, backend=args.backend) for r in rows]
-  return bench_torch(args.model, part.removeprefix("torch_"), args.batches, set())
+  return [dict(r, variant=TORCH_PARTS[part]) for r in
+          bench_torch(args.model, part.removeprefix("torch_"), args.batches, set())]
 
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--parts", default=",".join(JAX_PARTS),
-                 help=f"comma-separated, in order: {', '.join(JAX_PARTS + TORCH_PARTS)}")
+                 help=f"comma-separated, in order: {', '.join(JAX_PARTS + tuple(TORCH_PARTS))}")
   p.add_argument("--model", default="sd21", help="preset shapes (random weights): sd21 | mini | tiny")
   p.add_argument("--batches", default="1,16", type=lambda s: [int(b) for b in s.split(",")])
   p.add_argument("--iters", type=int, default=10, help="timed calls per row (median)")
@@ -145,7 +145,7 @@ def main() -> None:
   args = p.parse_args()
   rows = []
   for part in args.parts.split(","):
-    if part not in JAX_PARTS + TORCH_PARTS:
+    if part not in JAX_PARTS + tuple(TORCH_PARTS):
       raise SystemExit(f"unknown part {part!r}")
     rows += run_part(part, args)
   if args.out and rows:
