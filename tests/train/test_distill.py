@@ -3,8 +3,6 @@ the exported QDIR."""
 
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -16,6 +14,7 @@ from quantface_jax.train import distill, fp_stages
 from quantface_jax.train.config_utils import apply_overrides, load_config_file
 from quantface_jax.train.logging import read_metrics
 from test_fp_stages import synthetic_faces
+from test_trainer import Interrupted, flat, interrupted_at
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -47,14 +46,6 @@ def stream(config):
   return fp_stages.batch_stream(train, ("lq", "hq"), config.train.batch_size, seed=0, workers=1)
 
 
-def flat(module):
-  return {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(module))}
-
-
-class Interrupted(Exception):
-  pass
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   return shared_quantized(tmp_path_factory)
@@ -71,9 +62,9 @@ def test_loss_falls_only_branches_train_and_resume_is_bit_exact(setup, tmp_path)
       yield batch
 
   stage = stage_for(config, quantized, fixed)
-  before = flat(stage.module)
+  before = flat(stage.module, ...)
   full = distill.fit(stage, distill.trainer_config(config), str(tmp_path / "full"))
-  after = flat(full.module)
+  after = flat(full.module, ...)
   losses = [r["loss"] for r in read_metrics(str(tmp_path / "full"), distill.STAGE)]
   assert losses[-1] < 0.95 * losses[0], losses  # 6 steps, the first at lr 0 (warmup)
   trained = {k for k, _ in nnx.to_flat_state(nnx.state(stage.module, stage.trainable))}
@@ -82,19 +73,13 @@ def test_loss_falls_only_branches_train_and_resume_is_bit_exact(setup, tmp_path)
   for key in before:  # lora_down too: its gradient is 0 only while lora_up is (step 1)
     assert (not np.array_equal(before[key], after[key])) == (key in trained), key
 
-  def dies_at_3(start):
-    for i, batch in enumerate(fixed(start)):
-      if start + i == 3:
-        raise Interrupted
-      yield batch
-
   with pytest.raises(Interrupted):
-    distill.fit(stage_for(config, quantized, dies_at_3), distill.trainer_config(config),
+    distill.fit(stage_for(config, quantized, interrupted_at(fixed, 3)), distill.trainer_config(config),
                 str(tmp_path / "cut"))
   resumed = distill.fit(stage_for(config, quantized, fixed), distill.trainer_config(config),
                         str(tmp_path / "cut"))
   assert resumed.steps_run == 4  # restored at step 2 (checkpoint_every=2)
-  for key, value in flat(resumed.module).items():
+  for key, value in flat(resumed.module, ...).items():
     np.testing.assert_array_equal(value, after[key], err_msg=str(key))
 
 
@@ -108,7 +93,7 @@ def test_train_qdlora_writes_a_loadable_merged_qdir(setup, tmp_path):
   assert result.steps_run == 1 and "val_psnr" in result.val_metrics
   assert not any(isinstance(m, qdlora.QDLORA_LAYERS) for _, m in nnx.iter_modules(merged))
   loaded = load_quantized(workdir / "model")
-  a, b = flat(merged), flat(loaded)
+  a, b = flat(merged, ...), flat(loaded, ...)
   assert a.keys() == b.keys()
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))

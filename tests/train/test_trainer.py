@@ -101,17 +101,20 @@ class Interrupted(Exception):
   pass
 
 
-def test_resume_is_bit_exact(tmp_path):
-  full = trainer.fit(toy_stage(), toy_config(), str(tmp_path / "full"))
-
-  def dies_at_6(start_step):
-    for i, batch in enumerate(toy_batches(start_step)):
-      if start_step + i == 6:
+def interrupted_at(batches, step: int):
+  """A `train_batches` like `batches` whose iterator raises `Interrupted` when asked for `step`."""
+  def from_step(start_step: int):
+    for i, batch in enumerate(batches(start_step)):
+      if start_step + i == step:
         raise Interrupted
       yield batch
+  return from_step
 
+
+def test_resume_is_bit_exact(tmp_path):
+  full = trainer.fit(toy_stage(), toy_config(), str(tmp_path / "full"))
   with pytest.raises(Interrupted):
-    trainer.fit(toy_stage(dies_at_6), toy_config(), str(tmp_path / "cut"))
+    trainer.fit(toy_stage(interrupted_at(toy_batches, 6)), toy_config(), str(tmp_path / "cut"))
   resumed_stage = toy_stage()
   resumed = trainer.fit(resumed_stage, toy_config(), str(tmp_path / "cut"))
   assert resumed.steps_run == 2  # restored at step 6 (checkpoint_every=3)
