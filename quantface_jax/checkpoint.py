@@ -85,10 +85,20 @@ def _paths(path: str) -> tuple[str, str]:
   return os.path.join(path, WEIGHTS_FILE), os.path.join(path, CONFIG_FILE)
 
 
-def flat_params(model: nnx.Module) -> dict[str, jax.Array]:
-  """{dotted path: array} of every nnx.Param."""
+def flat_params(model: nnx.Module, filt=nnx.Param) -> dict[str, jax.Array]:
+  """{dotted path: array} of every variable `filt` selects (default nnx.Param; ``...``: all state,
+  as the QDIR and SERVE_DIR files store it)."""
   return {".".join(str(p) for p in path): v[...]
-          for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+          for path, v in nnx.to_flat_state(nnx.state(model, filt))}
+
+
+def read_manifest(directory: str | os.PathLike, *, fmt: str, version: int,
+                  name: str = "manifest.json") -> dict:
+  """The JSON manifest of a QDIR/SERVE_DIR-style directory, checked to be `fmt` at `version`."""
+  manifest = json.loads((Path(directory) / name).read_text())
+  if manifest.get("format") != fmt or manifest.get("version") != version:
+    raise ValueError(f"{directory}: not a {fmt} v{version} directory")
+  return manifest
 
 
 def save_safetensors(model: OSDFace, path: str, *, dtype=jnp.float16) -> str:

@@ -53,10 +53,6 @@ _ACCOUNT_KEYS = ('param_bits', 'fp32_bits', 'bf16_bits', 'weight_bits', 'fp32_we
                  'param_reduction_vs_bf16', 'weight_reduction', 'bops_reduction', 'resolution')
 
 
-def _flat_state(model: nnx.Module) -> dict[str, tuple[tuple, nnx.Variable]]:
-  return {rules_lib.path_str(path): (path, v) for path, v in nnx.to_flat_state(nnx.state(model))}
-
-
 def save_quantized(model: OSDFace, recipe: Recipe, out_dir: str | os.PathLike, *, base_ckpt: str,
                    calibration_info: Mapping | None = None, overwrite: bool = True) -> pathlib.Path:
   """Writes the QDIR of ``model`` (quantized with ``recipe``) to ``out_dir``; returns it."""
@@ -66,7 +62,7 @@ def save_quantized(model: OSDFace, recipe: Recipe, out_dir: str | os.PathLike, *
                   base_checkpoint=str(base_ckpt), calibration=dict(calibration_info or {}),
                   bits={p: list(b) for p, b in get_bits(model).items()},
                   account={k: report[k] for k in _ACCOUNT_KEYS})
-  tensors = {key: np.asarray(jax.device_get(v[...])) for key, (_, v) in _flat_state(model).items()}
+  tensors = {k: np.asarray(jax.device_get(v)) for k, v in checkpoint.flat_params(model, ...).items()}
   with atomic_directory(out_dir, overwrite=overwrite) as tmp:
     (tmp / CONFIG_FILE).write_text(model.config.to_json())
     safetensors.numpy.save_file(tensors, str(tmp / STATE_FILE),
@@ -76,10 +72,7 @@ def save_quantized(model: OSDFace, recipe: Recipe, out_dir: str | os.PathLike, *
 
 
 def read_manifest(qdir: str | os.PathLike) -> dict:
-  manifest = json.loads((pathlib.Path(qdir) / MANIFEST_FILE).read_text())
-  if manifest.get('format') != QDIR_FORMAT or manifest.get('version') != QDIR_VERSION:
-    raise ValueError(f'{qdir}: not a {QDIR_FORMAT} v{QDIR_VERSION} directory')
-  return manifest
+  return checkpoint.read_manifest(qdir, fmt=QDIR_FORMAT, version=QDIR_VERSION, name=MANIFEST_FILE)
 
 
 def quantized_skeleton(config: OSDFaceConfig, recipe: Recipe) -> OSDFace:

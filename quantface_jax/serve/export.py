@@ -73,8 +73,7 @@ def save_served(model: OSDFace, out_dir: str | os.PathLike, *, recipe: Recipe, b
   """Writes the SERVE_DIR of a serving ``model`` (from :func:`serve_model`); returns it."""
   out_dir = pathlib.Path(out_dir).absolute()
   layers = _int_layers(model)
-  tensors = {rules_lib.path_str(path): np.asarray(jax.device_get(v[...]))
-             for path, v in nnx.to_flat_state(nnx.state(model))}
+  tensors = {k: np.asarray(jax.device_get(v)) for k, v in checkpoint.flat_params(model, ...).items()}
   manifest = dict(format=SERVE_FORMAT, version=SERVE_VERSION,
                   layers={p: m.spec.to_dict() for p, m in layers.items()},
                   bits={p: [m.spec.w_bits, int(m.a_bits[...])] for p, m in layers.items()},
@@ -108,10 +107,7 @@ def is_serve_dir(path: str | os.PathLike) -> bool:
 
 
 def read_manifest(serve_dir: str | os.PathLike) -> dict:
-  manifest = json.loads((pathlib.Path(serve_dir) / MANIFEST_FILE).read_text())
-  if manifest.get('format') != SERVE_FORMAT or manifest.get('version') != SERVE_VERSION:
-    raise ValueError(f'{serve_dir}: not a {SERVE_FORMAT} v{SERVE_VERSION} directory')
-  return manifest
+  return checkpoint.read_manifest(serve_dir, fmt=SERVE_FORMAT, version=SERVE_VERSION, name=MANIFEST_FILE)
 
 
 def _skeleton(config: OSDFaceConfig, layers: Mapping[str, dict], backend: str,

@@ -252,7 +252,7 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
     while done < total:
       t_wait = time.perf_counter()
       batch = next(batches)
-      if done > start:  # the first batch's wait overlaps compilation
+      if done > start:  # waits after the first step fall in the timed window (from t_first)
         data_wait += time.perf_counter() - t_wait
       state, metrics = train_step(state, frozen, to_global(batch, batch_sh))
       done += 1
@@ -272,8 +272,8 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
         train_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         scalars.update(train_metrics)
         # Rates after the first (compiling) step; data_wait_frac near 1 means input-bound.
-        since_first = time.perf_counter() - t_first if t_first is not None else 0.0
-        if done > start + 1 and since_first > 0:
+        if done > start + 1:
+          since_first = time.perf_counter() - t_first
           scalars["steps_per_s"] = (done - start - 1) / since_first
           scalars["data_wait_frac"] = data_wait / since_first
         bar.set_postfix(loss=f"{train_metrics['loss']:.4g}")
