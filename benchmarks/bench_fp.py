@@ -19,8 +19,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 

@@ -45,7 +45,7 @@ def run_config(args) -> ml_collections.ConfigDict:
       steps=args.steps, batch_size=args.batch, lr=1e-4, warmup_steps=2, final_lr_fraction=0.05,
       weight_decay=0.0, b1=0.9, b2=0.99, grad_clip=1.0, seed=0, log_every=1,
       checkpoint_every=10**9, keep_checkpoints=1, eval_every=0, prefetch=2, progress=False,
-      time_budget_s=0.0, feature_kind="l1",
+      time_budget_s=0.0, feature_kind="l1", remat=args.remat,
       weights=dict(latent=1.0, l1=1.0, sobel=0.5, feature=0.1),
       mesh=dict(data=args.mesh_data, fsdp=args.mesh_fsdp)))
   return c
@@ -62,6 +62,7 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=8, help="global batch (faces per step)")
   parser.add_argument("--steps", type=int, default=30, help="steps run (the first compiles)")
   parser.add_argument("--dtype", default="bfloat16", help="VAE/UNet compute dtype")
+  parser.add_argument("--remat", action="store_true", help="recompute block activations (less memory)")
   parser.add_argument("--mesh-data", type=int, default=-1)
   parser.add_argument("--mesh-fsdp", type=int, default=1)
   parser.add_argument("--out", required=True, help="JSON-lines file the row is appended to")
@@ -86,7 +87,7 @@ def main() -> None:
     result = fit(stage, config.train, workdir)
     records = read_metrics(workdir, "qdlora")
   rate = records[-1]["steps_per_s"]  # after the compiling first step
-  row = dict(preset=args.preset, resolution=res, dtype=args.dtype, devices=jax.device_count(),
+  row = dict(preset=args.preset, resolution=res, dtype=args.dtype, remat=args.remat, devices=jax.device_count(),
              device_kind=jax.devices()[0].device_kind, mesh=dict(data=args.mesh_data, fsdp=args.mesh_fsdp),
              global_batch=args.batch, steps=result.steps_run, images_per_s=rate * args.batch,
              step_ms=1e3 / rate, train_s=result.seconds, setup_s=setup_s,

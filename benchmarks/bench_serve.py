@@ -100,7 +100,7 @@ def time_jax(variants: dict, batches: list[int], iters: int, res: int) -> list[d
                  compile_s=compile_s, load_s=load_s)
       print(json.dumps(row), flush=True)
       rows.append(row)
-    del state
+    state = None  # frees this variant's weights before the next loads
   return rows
 
 

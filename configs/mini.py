@@ -36,6 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.val_batch_size = 50
   c.data.degradation_seed = 0  # LQ of face i in epoch e is a function of (seed, e, i)
   c.data.shuffle_seed = 0
+  c.data.hflip = False  # mirror ~half the training faces per epoch (off in the shipped run)
   c.data.lq_epochs = 8  # LQ degradations precomputed per face (recycled); 0: degrade on the fly
   c.data.workers = 16
   c.data.degradation = ml_collections.ConfigDict(dict(  # 512-px units; blur scaled to the resolution
@@ -59,14 +60,14 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.stage = ml_collections.ConfigDict()
   c.stage.vae = _stage(steps=3000, batch_size=32, lr=4e-4, warmup_steps=200,
-                       weights=dict(l1=1.0, sobel=0.5, kl=1e-5))
+                       weights=dict(l1=1.0, mse=0.0, sobel=0.5, kl=1e-5))
   c.stage.vre = _stage(steps=1000, batch_size=32, lr=4e-4, warmup_steps=100,
-                       weights=dict(l1=1.0, sobel=0.5, codebook=1.0, commit=0.25, code_pull=0.1),
+                       weights=dict(l1=1.0, mse=0.0, sobel=0.5, codebook=1.0, commit=0.25, code_pull=0.1),
                        decoder_widths=(128, 96, 64, 32))
   c.stage.unet = _stage(steps=4000, batch_size=32, lr=3e-4, warmup_steps=200,
-                        weights=dict(latent=1.0, l1=1.0, sobel=0.5, feature=0.0),
+                        weights=dict(latent=1.0, l1=1.0, mse=0.0, sobel=0.5, feature=0.0),
                         feature_kind="l1", train_vae_encoder=True, train_vae_decoder=False)
   c.stage.joint = _stage(steps=4000, batch_size=64, lr=2e-4, warmup_steps=100,
-                         weights=dict(latent=0.1, l1=1.0, sobel=0.1, feature=0.0),
+                         weights=dict(latent=0.1, l1=1.0, mse=0.0, sobel=0.1, feature=0.0),
                          feature_kind="l1", train_vae_encoder=True, train_vae_decoder=True)
   return c

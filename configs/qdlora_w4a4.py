@@ -41,4 +41,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.update(dict(steps=2000, batch_size=32, lr=1e-4, warmup_steps=100, time_budget_s=0.0,
                       checkpoint_every=500, feature_kind="l1"))
   c.train.weights = ml_collections.ConfigDict(dict(latent=1.0, l1=1.0, sobel=0.5, feature=0.1))
+  c.train.remat = False  # recompute the student's block activations in the backward pass (sd21 at 512²)
   return c

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import pathlib
 import sys
 
@@ -61,6 +62,14 @@ def _load_quant(path: str, backend: str):
   if is_serve_dir(path):
     return load_served(path, backend=backend), f"{_quant_row_name(read_serve_manifest(path))}-int"
   return load_quantized(path), _quant_row_name(read_manifest(path))
+
+
+def split_label(spec: str) -> tuple[str | None, str]:
+  """``[LABEL=]DIR`` -> (LABEL or None, DIR); a path that exists as written is never split."""
+  label, sep, path = spec.partition("=")
+  if not sep or os.path.exists(spec) or not label:
+    return None, spec
+  return label, path
 
 
 def _load_model(ckpt: str, qdir: str | None, backend: str):
@@ -151,8 +160,13 @@ def cmd_eval(args) -> int:
   else:
     raise SystemExit("quantface eval: give --hq DIR (synthetic LQ) or --lq DIR [--hq DIR]")
   variants = {args.dtype: make_restore_fn(model, dtype=DTYPES[args.dtype])}
-  for qdir in args.quant or ():
+  for spec in args.quant or ():
+    label, qdir = split_label(spec)
     qmodel, name = _load_quant(qdir, args.backend)
+    name = label or name
+    if name in variants:
+      raise SystemExit(f"quantface eval: two rows named {name!r} (the second from {qdir}); "
+                       f"name them with --quant LABEL=DIR")
     variants[name] = make_restore_fn(qmodel)
   rows = evaluate(variants, eval_set, args.out, resolution=res, batch_size=args.batch_size)
   print(json.dumps(rows, indent=2))
@@ -276,9 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--out", required=True, help="output folder (resumable)")
   s.add_argument("--batch-size", type=int, default=8)
   s.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-  s.add_argument("--quant", action="append", metavar="DIR",
+  s.add_argument("--quant", action="append", metavar="[LABEL=]DIR",
                  help="also evaluate this quantized model, a QDIR or a SERVE_DIR (repeatable; one "
-                 "row each; a SERVE_DIR's row is named <recipe>-int)")
+                 "row each, named LABEL or the recipe, <recipe>-int for a SERVE_DIR)")
   _add_backend_argument(s)
   s.set_defaults(func=cmd_eval)
 
@@ -304,8 +318,9 @@ def main(argv: list[str] | None = None) -> int:
   # `--config.key=value` overrides are positional for argparse: strip their prefix.
   argv = [a[len("--config."):] if a.startswith("--config.") else a for a in (sys.argv[1:] if argv is None else argv)]
   args = build_parser().parse_args(argv)
+  # force: an import may already have configured the root logger (at WARNING) by logging through it.
   logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                      format="%(levelname)s %(name)s: %(message)s")
+                      format="%(levelname)s %(name)s: %(message)s", force=True)
   logging.getLogger("jax").setLevel(logging.WARNING)  # backend probing is not news
   return args.func(args)
 

@@ -1,6 +1,7 @@
 """The `quantface` command end to end on the random-weight `tiny` preset."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -50,3 +51,18 @@ def test_restore_converts_odd_inputs_reports_failures_and_resumes(tmp_path, caps
 def test_unknown_model_is_a_clear_error():
   with pytest.raises(SystemExit, match="neither a preset"):
     cli.main(["info", "no/such/dir"])
+
+
+def test_quant_labels_split_only_when_the_spec_is_not_a_path(tmp_path):
+  assert cli.split_label('runs/w4a4/model') == (None, 'runs/w4a4/model')
+  assert cli.split_label('qdlora=runs/w4a4/model') == ('qdlora', 'runs/w4a4/model')
+  odd = tmp_path / 'a=b'
+  odd.mkdir()
+  assert cli.split_label(str(odd)) == (None, str(odd))  # an existing folder with '=' in its name
+  assert cli.split_label('=x') == (None, '=x')
+
+
+def test_cli_logs_at_info(capsys):
+  assert cli.main(['info', 'tiny']) == 0
+  logging.getLogger('quantface').info('phase marker')
+  assert 'phase marker' in capsys.readouterr().err

@@ -33,17 +33,23 @@ class Dataset(Protocol):
   def load(self, index: int, epoch: int = 0) -> tuple[Any, ...]: ...
 
 
+_FLIP_STREAM = 1  # extra seed word of the mirror draws
+
+
 class HQFolderDataset:
   """(lq, hq) pairs from a folder of high-quality faces; LQ synthesised on the fly.
 
   The LQ of item i in epoch e is a pure function of (seed, e, file number), where the file number
-  is the position in the whole sorted folder (so a face keeps its LQ in any subset).
+  is the position in the whole sorted folder (so a face keeps its LQ in any subset). With `hflip`,
+  the HQ face is mirrored before degradation in about half the (epoch, face) pairs, drawn from a
+  stream of its own so the degradations stay those of `hflip=False`.
   """
 
   def __init__(self, root: os.PathLike | str, size: int, *, indices: Sequence[int] | None = None,
-               degradation: DegradationConfig = DegradationConfig(), seed: int = 0):
+               degradation: DegradationConfig = DegradationConfig(), seed: int = 0, hflip: bool = False):
     """Args: root folder; size: square side (px) images are read at; indices: file numbers in the
-    naturally sorted folder (all when None); degradation: LQ recipe; seed: base seed of the LQs."""
+    naturally sorted folder (all when None); degradation: LQ recipe; seed: base seed of the LQs;
+    hflip: mirror augmentation (training sets only)."""
     files = image_io.list_images(root)
     self.file_numbers = list(range(len(files))) if indices is None else [int(i) for i in indices]
     bad = [i for i in self.file_numbers if not 0 <= i < len(files)]
@@ -53,6 +59,7 @@ class HQFolderDataset:
     self.size = size
     self.degradation = degradation
     self.seed = seed
+    self.hflip = hflip
 
   def __len__(self) -> int:
     return len(self.files)
@@ -63,8 +70,10 @@ class HQFolderDataset:
   def load(self, index: int, epoch: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(lq, hq), each float32 (size, size, 3) in [0, 1]. Raises `ImageError` for a bad file."""
     hq = image_io.read_image(self.files[index], self.size)
-    rng = np.random.default_rng([self.seed, epoch, self.file_numbers[index]])
-    return degrade(hq, rng, self.degradation), hq
+    key = [self.seed, epoch, self.file_numbers[index]]
+    if self.hflip and np.random.default_rng(key + [_FLIP_STREAM]).random() < 0.5:
+      hq = np.ascontiguousarray(hq[:, ::-1])
+    return degrade(hq, np.random.default_rng(key), self.degradation), hq
 
 
 class LQFolderDataset:

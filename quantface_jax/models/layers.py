@@ -137,3 +137,28 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, num_heads: int) -> jax.A
 
 def silu(x: jax.Array) -> jax.Array:
   return x * jax.nn.sigmoid(x)
+
+
+class Rematerialized(nnx.Module):
+  """A block whose activations can be recomputed in the backward pass instead of kept (`set_remat`):
+  memory for about one more forward pass of the block. Off by default; the flag is static, so
+  a model compiles once per setting."""
+
+  remat = False
+
+  def _run(self, forward, *args):
+    """forward(self, *args); with the flag set, under `jax.checkpoint` on a functional copy of the
+    block (so it also works inside a plain `jax.grad` of `nnx.merge`d state, where `nnx.remat`
+    would write the state back across trace levels). `forward` must not update the block's state."""
+    if not self.remat:
+      return forward(self, *args)
+    graphdef, state = nnx.split(self)
+    return jax.checkpoint(lambda s, *a: forward(nnx.merge(graphdef, s), *a))(state, *args)
+
+
+def set_remat(model: nnx.Module, enabled: bool) -> int:
+  """Sets the remat flag of every `Rematerialized` block in `model`; returns how many there are."""
+  blocks = [m for _, m in nnx.iter_modules(model) if isinstance(m, Rematerialized)]
+  for block in blocks:
+    block.remat = enabled
+  return len(blocks)

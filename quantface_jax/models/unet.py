@@ -9,10 +9,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from quantface_jax.models.configs import UNetConfig
-from quantface_jax.models.layers import Conv2d, GroupNorm, LayerNorm, Linear, attention, silu
+from quantface_jax.models.layers import Conv2d, GroupNorm, LayerNorm, Linear, Rematerialized, attention, silu
 
 
-class ResnetBlock2D(nnx.Module):
+class ResnetBlock2D(Rematerialized):
   """diffusers ResnetBlock2D: GN-SiLU-conv, + time embedding, GN-SiLU-conv, residual (1x1 if widths differ)."""
 
   def __init__(self, in_channels: int, out_channels: int, *, temb_channels: int | None, groups: int,
@@ -26,6 +26,9 @@ class ResnetBlock2D(nnx.Module):
                           if in_channels != out_channels else None)
 
   def __call__(self, x: jax.Array, temb: jax.Array | None = None) -> jax.Array:
+    return self._run(ResnetBlock2D._forward, x, temb)
+
+  def _forward(self, x: jax.Array, temb: jax.Array | None) -> jax.Array:
     h = self.conv1(silu(self.norm1(x)))
     if self.time_emb_proj is not None:
       h = h + self.time_emb_proj(silu(temb))[:, None, None, :]
@@ -87,7 +90,7 @@ class BasicTransformerBlock(nnx.Module):
     return x + self.ff(self.norm3(x))
 
 
-class Transformer2DModel(nnx.Module):
+class Transformer2DModel(Rematerialized):
   """GroupNorm, proj_in, transformer blocks over H·W tokens, proj_out, residual."""
 
   def __init__(self, channels: int, *, heads: int, context_dim: int, num_layers: int, groups: int,
@@ -102,6 +105,9 @@ class Transformer2DModel(nnx.Module):
     self.proj_out = proj()
 
   def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
+    return self._run(Transformer2DModel._forward, x, context)
+
+  def _forward(self, x: jax.Array, context: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
     tokens = self.proj_in(self.norm(x)).reshape(b, h * w, c)
     for block in self.transformer_blocks:

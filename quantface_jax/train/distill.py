@@ -18,7 +18,9 @@ Batches are ``{"lq", "hq"}`` (B, R, R, 3) in [-1, 1]; HQ only serves the validat
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import time
 
 import jax.numpy as jnp
 import ml_collections
@@ -27,6 +29,7 @@ from flax import nnx
 
 from quantface_jax import checkpoint
 from quantface_jax.data import datasets as data_lib
+from quantface_jax.models.layers import set_remat
 from quantface_jax.models.osdface import OSDFace, RestoreOutput
 from quantface_jax.models.vre import VQEncoder
 from quantface_jax.quant import qdlora
@@ -37,6 +40,8 @@ from quantface_jax.quant.recipes import CalibrationSettings, Recipe, get_recipe
 from quantface_jax.train import fp_stages, losses
 from quantface_jax.train.mesh import maybe_initialize_distributed
 from quantface_jax.train.trainer import FitResult, Stage, fit
+
+log = logging.getLogger("quantface")
 
 STAGE = "qdlora"
 
@@ -67,8 +72,10 @@ def distill_stage(student: OSDFace, teacher: OSDFace, config: ml_collections.Con
                   train_stream, val) -> Stage:
   """The QD-LoRA stage: `student` from ``to_qdlora``, `teacher` the FP model (both in float32).
 
-  Reads config.compute_dtype, config.train.weights, config.train.feature_kind.
+  Reads config.compute_dtype, config.train.weights, config.train.feature_kind, config.train.remat
+  (recompute the student's resnet/transformer activations in the backward pass: memory for time).
   """
+  set_remat(student, config.train.remat)
   weights, dtype = config.train.weights, jnp.dtype(config.compute_dtype)
   feature_kind = config.train.feature_kind if float(weights.feature) else None
 
@@ -121,8 +128,12 @@ def prepare_quantized(teacher: OSDFace, config: ml_collections.ConfigDict, qdir:
   """The PTQ model of `teacher` by config.quant: loaded from the QDIR `qdir` if it exists, else
   calibrated, quantized and saved there."""
   if os.path.isdir(qdir):
+    log.info("PTQ start: %s (reused)", qdir)
     return load_quantized(qdir)
+  start = time.perf_counter()
   recipe = quant_recipe(config)
+  log.info("PTQ start: %s %s on %d calibration faces", recipe.name, config.quant.bits,
+           config.quant.calibration.num_images)
   images = calibration_batches(config)
   settings = recipe.calibration
   stats = calibrate(teacher, images, rules=recipe.rules, max_samples=settings.max_samples,
@@ -131,6 +142,7 @@ def prepare_quantized(teacher: OSDFace, config: ml_collections.ConfigDict, qdir:
                        images=images if settings.range_pass else None)
   save_quantized(quantized, recipe, qdir, base_ckpt=str(config.model),
                  calibration_info=dict(num_images=settings.num_images))
+  log.info("PTQ start: %s in %.0f s", qdir, time.perf_counter() - start)
   return quantized
 
 
@@ -150,7 +162,7 @@ def train_qdlora(config: ml_collections.ConfigDict, workdir: str) -> tuple[OSDFa
   q = config.qdlora
   student = qdlora.to_qdlora(quantized, rank=q.rank, lora_rank=q.lora_rank, sigma=q.sigma,
                              seed=q.seed, learn_scales=q.learn_scales, inplace=True)
-  train = fp_stages.pair_dataset(config, range(*config.data.train_range))
+  train = fp_stages.pair_dataset(config, range(*config.data.train_range), train=True)
   pairs = (fp_stages.DegradedCache(train, epochs=config.data.lq_epochs, workers=config.data.workers)
            if config.data.lq_epochs else train)
   stream = fp_stages.batch_stream(pairs, ("lq", "hq"), config.train.batch_size,

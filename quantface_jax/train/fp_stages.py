@@ -99,10 +99,12 @@ def degradation_config(cfg: ml_collections.ConfigDict) -> DegradationConfig:
                            noise_sigma=tuple(cfg.noise_sigma), jpeg_quality=tuple(cfg.jpeg_quality))
 
 
-def pair_dataset(config: ml_collections.ConfigDict, indices) -> data_lib.HQFolderDataset:
+def pair_dataset(config: ml_collections.ConfigDict, indices, *, train: bool = False) -> data_lib.HQFolderDataset:
+  """(lq, hq) pairs of `indices`; a training set (`train`) takes the config's augmentation."""
   return data_lib.HQFolderDataset(config.data.root, config.model_resolution, indices=list(indices),
                                   degradation=degradation_config(config.data.degradation),
-                                  seed=config.data.degradation_seed)
+                                  seed=config.data.degradation_seed,
+                                  hflip=train and config.data.hflip)
 
 
 def _to_model_range(fields: tuple[np.ndarray, ...], keys: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -142,7 +144,7 @@ def _to_unit(x: jax.Array) -> jax.Array:
 
 
 def _pixel_terms(pred: jax.Array, hq: jax.Array) -> dict[str, jax.Array]:
-  return {"l1": losses.l1(pred, hq), "sobel": losses.sobel_l1(pred, hq)}
+  return {"l1": losses.l1(pred, hq), "mse": losses.mse(pred, hq), "sobel": losses.sobel_l1(pred, hq)}
 
 
 def vae_stage(model: OSDFace, config, train_stream, val) -> Stage:

@@ -13,6 +13,7 @@ restored at step k replays steps k, k+1, ... exactly as the uninterrupted run di
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import queue
 import threading
@@ -31,6 +32,8 @@ from tqdm.auto import tqdm
 
 from quantface_jax.train import mesh as mesh_lib
 from quantface_jax.train.logging import MetricsWriter
+
+log = logging.getLogger("quantface")
 
 Batch = Mapping[str, np.ndarray]
 LossFn = Callable[[nnx.Module, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
@@ -205,7 +208,9 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
 
   With config.time_budget_s > 0, a fresh run times steps 2..calibrate_steps+1 after compiling and then
   shortens its schedule (config.steps becomes the maximum) so the stage, compile included, takes about
-  the budget; the chosen length is part of the state, so a resumed run keeps it.
+  the budget; it re-times once more at the end of the warmup (the early rate misses the autotuner's
+  tail; until then the learning rate does not depend on the length). The chosen length is part of the
+  state, so a resumed run keeps it.
   Reads config: steps, lr, warmup_steps, final_lr_fraction, weight_decay, b1, b2, grad_clip, seed,
   log_every, checkpoint_every, eval_every (0: only at the end), prefetch, progress (tqdm on/off),
   time_budget_s, calibrate_steps, mesh.data, mesh.fsdp.
@@ -221,6 +226,7 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
   repl = mesh_lib.replicated(mesh)
   budget = config.get("time_budget_s", 0)
   calibrate_at = config.get("calibrate_steps", 20) + 1
+  calibrate_points = {calibrate_at, max(calibrate_at, config.get("warmup_steps", 0))}
 
   manager = _checkpoint_manager(os.path.join(workdir, stage.name, "checkpoints"), config)
   writer = MetricsWriter(workdir, stage.name)
@@ -260,7 +266,8 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
       if done == start + 1:
         jax.block_until_ready(metrics)
         t_first = time.perf_counter()
-      if budget and start == 0 and done == calibrate_at:
+        log.info("%s: step %d compiled and ran in %.0f s (of %d steps)", stage.name, done, t_first - t_begin, total)
+      if budget and start == 0 and done in calibrate_points:
         jax.block_until_ready(metrics)
         rate = (done - 1) / (time.perf_counter() - t_first)
         total = _budgeted_total(done, rate, budget - (time.perf_counter() - t_begin) - config.get("reserve_s", 0),

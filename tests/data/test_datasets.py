@@ -42,6 +42,24 @@ def test_hq_dataset_items_are_deterministic_per_seed_epoch_index(face_dir):
     datasets.HQFolderDataset(face_dir, 32, indices=[7])
 
 
+def test_hflip_mirrors_about_half_and_keeps_the_degradation_stream(face_dir):
+  plain = datasets.HQFolderDataset(face_dir, 32, seed=3)
+  flipping = datasets.HQFolderDataset(face_dir, 32, seed=3, hflip=True)
+  mirrored = 0
+  for epoch in range(4):
+    for i in range(len(plain)):
+      (lq_p, hq_p), (lq_f, hq_f) = plain.load(i, epoch), flipping.load(i, epoch)
+      np.testing.assert_array_equal(lq_f, flipping.load(i, epoch)[0])  # deterministic
+      if np.array_equal(hq_f, hq_p):
+        np.testing.assert_array_equal(lq_f, lq_p)
+      else:
+        np.testing.assert_array_equal(hq_f, hq_p[:, ::-1])
+        rng = np.random.default_rng([3, epoch, i])  # the same degradation draws, on the mirror
+        np.testing.assert_array_equal(lq_f, datasets.degrade(hq_f, rng, plain.degradation))
+        mirrored += 1
+  assert 7 <= mirrored <= 21, mirrored  # of 28 (face, epoch) pairs
+
+
 def test_iterate_batches_resumes_exactly(face_dir):
   ds = datasets.HQFolderDataset(face_dir, 16, seed=1)
   full = _as_lists(datasets.iterate_batches(ds, 2, seed=5, num_epochs=3, workers=2))

@@ -129,3 +129,17 @@ def test_time_budget_shortens_schedule(tmp_path):
                                                checkpoint_every=10**6), str(tmp_path))
   assert result.steps_run == 4  # calibrated at step 3, budget already spent -> one more step
 
+
+def test_time_budget_retimes_at_warmup_end(tmp_path, monkeypatch):
+  timed_at = []
+
+  def record(done, rate, seconds_left, max_steps):
+    timed_at.append(done)
+    return done + 10
+
+  monkeypatch.setattr(trainer, "_budgeted_total", record)
+  result = trainer.fit(toy_stage(), toy_config(steps=100, warmup_steps=6, time_budget_s=60.0, calibrate_steps=2,
+                                               checkpoint_every=10**6), str(tmp_path))
+  assert timed_at == [3, 6]  # after the timed steps 2..3, then at the warmup's end
+  assert result.steps_run == 16  # the second length wins
+
