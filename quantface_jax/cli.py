@@ -321,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
   # force: an import may already have configured the root logger (at WARNING) by logging through it.
   logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                       format="%(levelname)s %(name)s: %(message)s", force=True)
-  logging.getLogger("jax").setLevel(logging.WARNING)  # backend probing is not news
+  for noisy in ("jax", "absl"):  # backend probing and Orbax's checkpoint bookkeeping are not news
+    logging.getLogger(noisy).setLevel(logging.WARNING)
   return args.func(args)
 
 
