@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # QD-LoRA distillation of mini on the lent H200 (issue #5, DESIGN §2.4), from a PTQ start made on the CPU.
-# The PTQ calibration (α search, range pass) is many small compilations: > 4 min on the H200, 3.4 min on
+# The PTQ calibration (α search, range pass) is many small compilations: > 5.5 min on the H200, 3.4 min on
 # 2 CPU cores, so it runs here first:
 #   python benchmarks/qdlora_prepare.py configs/qdlora_w4a4.py runs/qd/w4a4     # -> runs/qd/w4a4/quantized
 # and travels (carry: runs/qd/w4a4, a face pack, .whl); the script refuses to start without it. The 64 MiB limit on what travels leaves room for
