@@ -1,15 +1,15 @@
 """QD-LoRA training throughput at `sd21` shapes (random weights, 512² faces) on a device mesh.
 
-    python benchmarks/bench_qdlora.py --preset sd21 --batch 8 --steps 30 --out $OUT/qdlora.jsonl       # 1 GPU
+    python benchmarks/bench_qdlora.py --preset sd21 --batch 8 --steps 30 --setup-device cpu --out $OUT/q.jsonl  # 1 GPU
     python benchmarks/bench_qdlora.py --preset sd21 --batch 8 --mesh-data 2 --out $OUT/qdlora.jsonl    # 2 GPUs, DP
     python benchmarks/bench_qdlora.py --preset sd21 --batch 8 --mesh-data 1 --mesh-fsdp 2 --out ...    # 2 GPUs, FSDP
     python benchmarks/bench_qdlora.py --preset tiny --batch 2 --steps 3 --out /tmp/q.jsonl             # CPU check
 
-The student is the quantface recipe at W4A4 without its calibration-heavy steps (α fixed at 0.5,
-one calibration face, no reservoir sample; the trained run uses configs/qdlora_w4a4.py), turned into
-QD-LoRA layers (rank 16 + 16); the teacher is the same FP model. Batches are fixed random LQ faces
-(no input pipeline: this measures the step). The step is the real one: `train.distill.distill_stage`
-on `train.trainer.fit`, jit with NamedSharding over a ("data", "fsdp") mesh. Appends one JSON row:
+The student is `bench_setup.quick_quantized`'s W4A4 quantface student (the trained run uses
+configs/qdlora_w4a4.py), turned into QD-LoRA layers (rank 16 + 16); the teacher is the same FP model.
+Batches are fixed random LQ faces (no input pipeline: this measures the step). The step is the real
+one: `train.distill.distill_stage` on `train.trainer.fit`, jit with NamedSharding over a ("data",
+"fsdp") mesh. On a GPU add `--setup-device cpu` (see bench_setup.py). Appends one JSON row:
 images/s and step time after the compiling step, peak memory per device, and the per-step losses
 (so runs on different meshes can be checked to follow the same curve).
 """
@@ -21,7 +21,6 @@ import json
 import pathlib
 import sys
 import tempfile
-import time
 
 import jax
 import ml_collections
@@ -30,8 +29,8 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from quantface_jax.models import build  # pylint: disable=wrong-import-position
-from quantface_jax.quant import CalibrationSettings, get_recipe, quantize, to_qdlora  # pylint: disable=wrong-import-position
+from bench_setup import quick_quantized  # pylint: disable=wrong-import-position
+from quantface_jax.cli import configure_logging  # pylint: disable=wrong-import-position
 from quantface_jax.train.distill import distill_stage  # pylint: disable=wrong-import-position
 from quantface_jax.train.logging import read_metrics  # pylint: disable=wrong-import-position
 from quantface_jax.train.trainer import fit  # pylint: disable=wrong-import-position
@@ -65,18 +64,18 @@ def main() -> None:
   parser.add_argument("--remat", action="store_true", help="recompute block activations (less memory)")
   parser.add_argument("--mesh-data", type=int, default=-1)
   parser.add_argument("--mesh-fsdp", type=int, default=1)
+  parser.add_argument("--setup-cache", default=None, help="QDIR of the student: loaded if present, else written")
+  parser.add_argument("--setup-device", default="default", choices=("default", "cpu"),
+                      help="where the student is quantized (cpu: the host, then moved)")
   parser.add_argument("--out", required=True, help="JSON-lines file the row is appended to")
   args = parser.parse_args()
+  configure_logging()  # the trainer logs when its first step has compiled
 
-  t0 = time.perf_counter()
-  teacher = build(args.preset)
+  teacher, student, _, setup_s = quick_quantized(args.preset, setup_device=args.setup_device,
+                                                 cache=args.setup_cache, qdlora_ranks=(16, 16))
+  print(f"setup ({args.setup_device}): {setup_s:.0f} s", flush=True)
   res = teacher.config.resolution
   rng = np.random.default_rng(0)
-  recipe = get_recipe("quantface", "W4A4", alpha=0.5, calibration=CalibrationSettings(
-      num_images=1, batch_size=1, max_samples=0))
-  student = to_qdlora(quantize(teacher, recipe, calibration=[rng.uniform(-1, 1, (1, res, res, 3)).astype(np.float32)]),
-                      rank=16, lora_rank=16, inplace=True)
-  setup_s = time.perf_counter() - t0
 
   batches = [{"lq": rng.uniform(-1, 1, (args.batch, res, res, 3)).astype(np.float32),
               "hq": rng.uniform(-1, 1, (args.batch, res, res, 3)).astype(np.float32)} for _ in range(4)]
@@ -90,7 +89,7 @@ def main() -> None:
   row = dict(preset=args.preset, resolution=res, dtype=args.dtype, remat=args.remat, devices=jax.device_count(),
              device_kind=jax.devices()[0].device_kind, mesh=dict(data=args.mesh_data, fsdp=args.mesh_fsdp),
              global_batch=args.batch, steps=result.steps_run, images_per_s=rate * args.batch,
-             step_ms=1e3 / rate, train_s=result.seconds, setup_s=setup_s,
+             step_ms=1e3 / rate, train_s=result.seconds, setup_s=setup_s, setup_device=args.setup_device,
              peak_mem_gb_per_device=peak_memory_gb(), losses=[r["loss"] for r in records])
   print(json.dumps(row))
   with open(args.out, "a") as f:

@@ -1,12 +1,12 @@
 """Time the full sensitivity sweep (DESIGN §2.5) at `sd21` shapes, random weights, 512² faces.
 
-    python benchmarks/bench_sweep_h200.py --preset sd21 --faces 1 --out sweep_h200.json   # GPU
-    python benchmarks/bench_sweep_h200.py --preset tiny --smoke --out /tmp/sweep.json     # CPU check
+    python benchmarks/bench_sweep_h200.py --preset sd21 --setup-device cpu --out sweep.json   # GPU
+    python benchmarks/bench_sweep_h200.py --preset tiny --smoke --out /tmp/sweep.json         # CPU check
 
-The model is quantized with the quantface recipe without its calibration-heavy steps (α fixed at
-0.5 instead of searched, one calibration face, no reservoir sample). Every allocatable layer (all
+The model is `bench_setup.quick_quantized`'s W4A4 quantface student. Every allocatable layer (all
 quantized layers but the W8A8 ones: 282 in the UNet + the VAE's) × 4 widths is swept on one
-compiled function; the first chunk carries the compilation, the rest give the steady rate.
+compiled function; the first chunk carries the compilation, the rest give the steady rate. The row
+is rewritten after every chunk (`partial: true` until the sweep ends).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO))
 
 from quantface_jax.alloc.allocate import allocatable_paths  # pylint: disable=wrong-import-position
 from quantface_jax.alloc.sensitivity import sensitivity_sweep  # pylint: disable=wrong-import-position
-from quantface_jax.models import build  # pylint: disable=wrong-import-position
-from quantface_jax.quant import CalibrationSettings, get_recipe, quantize  # pylint: disable=wrong-import-position
+from bench_setup import quick_quantized  # pylint: disable=wrong-import-position
+from quantface_jax.cli import configure_logging  # pylint: disable=wrong-import-position
 
 
 def main() -> None:
@@ -38,26 +38,38 @@ def main() -> None:
   parser.add_argument("--chunk-size", type=int, default=8, help="configurations per call")
   parser.add_argument("--batch-size", type=int, default=None, help="configurations vmapped")
   parser.add_argument("--smoke", action="store_true", help="8 layers only (a quick check)")
+  parser.add_argument("--setup-cache", default=None, help="QDIR of the student: loaded if present, else written")
+  parser.add_argument("--setup-device", default="default", choices=("default", "cpu"),
+                      help="where the model is quantized (cpu: the host, then moved)")
   parser.add_argument("--out", required=True)
   args = parser.parse_args()
+  configure_logging()
 
-  start = time.perf_counter()
-  fp = build(args.preset)
+  fp, model, recipe, setup_s = quick_quantized(args.preset, setup_device=args.setup_device,
+                                               cache=args.setup_cache)
+  print(f"setup ({args.setup_device}): {setup_s:.0f} s", flush=True)
   res = fp.config.resolution
   lq = np.random.default_rng(0).uniform(-1, 1, (args.faces, res, res, 3)).astype(np.float32)
-  recipe = get_recipe("quantface", "W4A4", alpha=0.5, calibration=CalibrationSettings(
-      num_images=1, batch_size=1, max_samples=0))
-  model = quantize(fp, recipe, calibration=[lq[:1]])
   paths = allocatable_paths(fp, recipe)
   paths = paths[::max(1, len(paths) // 8)][:8] if args.smoke else paths
-  setup_s = time.perf_counter() - start
 
   stamps = []
   widths = tuple(int(w) for w in args.widths.split(","))
-  table = sensitivity_sweep(model, lq, paths=paths, widths=widths, chunk_size=args.chunk_size,
-                            batch_size=args.batch_size,
-                            on_chunk=lambda _: stamps.append(time.perf_counter()))
   configs = len(paths) * len(widths)
+  sweep_start = time.perf_counter()
+
+  def record_chunk(chunks_done: int) -> None:
+    # A partial row after every chunk: a run cut by a device time limit still gives the rate.
+    stamps.append(time.perf_counter())
+    steady_s = stamps[-1] - stamps[0]
+    partial = dict(preset=args.preset, layers=len(paths), configs=configs, partial=True,
+                   configs_done=min(configs + 1, chunks_done * args.chunk_size), setup_s=setup_s,
+                   first_chunk_s=stamps[0] - sweep_start, elapsed_s=stamps[-1] - sweep_start,
+                   configs_per_s=(len(stamps) - 1) * args.chunk_size / steady_s if steady_s > 0 else None)
+    pathlib.Path(args.out).write_text(json.dumps(partial, indent=1))
+
+  table = sensitivity_sweep(model, lq, paths=paths, widths=widths, chunk_size=args.chunk_size,
+                            batch_size=args.batch_size, progress=False, on_chunk=record_chunk)
   steady_s = stamps[-1] - stamps[0]
   steady_configs = min(configs + 1, len(stamps) * args.chunk_size) - args.chunk_size
   row = dict(
@@ -65,7 +77,7 @@ def main() -> None:
       layers_unet=sum(p.startswith("unet.") for p in paths),
       layers_vae=sum(p.startswith("vae.") for p in paths), widths=widths,
       chunk_size=args.chunk_size, batch_size=args.batch_size, configs=configs,
-      setup_s=setup_s, sweep_s=table.sweep_time_s,
+      setup_s=setup_s, setup_device=args.setup_device, sweep_s=table.sweep_time_s,
       first_chunk_s=table.sweep_time_s - steady_s,  # compilation + one chunk
       configs_per_s=steady_configs / steady_s if steady_s > 0 else None,
       device=str(jax.devices()[0]), host=platform.node(),

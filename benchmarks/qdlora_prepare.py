@@ -2,12 +2,10 @@
 
     python benchmarks/qdlora_prepare.py configs/qdlora_w4a4.py runs/qd/w4a4 [key=value ...]
 
-(see benchmarks/run_qdlora_h200.sh for why it is made here and not on the GPU). `quant.overrides.FIELD=V`
-sets a LayerQuantConfig field of the body, e.g. `quant.overrides.low_rank=0` for the ablation's
-"balancing only" start.
+(see benchmarks/run_qdlora_h200.sh for why it is made here and not on the GPU). Overrides as in
+`quantface train`, e.g. `quant.overrides.low_rank=0` for the ablation's "balancing only" start.
 """
 
-import ast
 import os
 import sys
 import time
@@ -20,11 +18,7 @@ from quantface_jax.train.distill import prepare_quantized
 
 def main(config_file: str, workdir: str, *overrides: str) -> None:
   config = load_config_file(config_file)
-  body = [o for o in overrides if o.startswith("quant.overrides.")]
-  for item in body:
-    field, _, value = item.removeprefix("quant.overrides.").partition("=")
-    config.quant.overrides[field] = ast.literal_eval(value)
-  apply_overrides(config, [o for o in overrides if o not in body])
+  apply_overrides(config, overrides)
   start = time.perf_counter()
   prepare_quantized(checkpoint.load(config.model), config, os.path.join(workdir, "quantized"))
   print(f"{workdir}/quantized in {time.perf_counter() - start:.0f} s")

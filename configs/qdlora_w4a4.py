@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.quant.recipe = "quantface"  # smoothing (α search) + randomized Hadamard + low-rank split
   c.quant.bits = "W4A4"  # body width; first/last layers stay W8A8
   c.quant.seed = 0  # rotation seeds
-  c.quant.overrides = ml_collections.ConfigDict()  # LayerQuantConfig fields of the body, e.g. a_mode
+  c.quant.overrides = ml_collections.ConfigDict()  # LayerQuantConfig fields of the body (free-form: --config.quant.overrides.low_rank=0 adds one)
   c.quant.calibration = ml_collections.ConfigDict(dict(
       num_images=64, batch_size=16, max_samples=256, seed=0, range_pass=True))
 

@@ -318,12 +318,17 @@ def main(argv: list[str] | None = None) -> int:
   # `--config.key=value` overrides are positional for argparse: strip their prefix.
   argv = [a[len("--config."):] if a.startswith("--config.") else a for a in (sys.argv[1:] if argv is None else argv)]
   args = build_parser().parse_args(argv)
+  configure_logging(verbose=args.verbose)
+  return args.func(args)
+
+
+def configure_logging(*, verbose: bool = False) -> None:
+  """INFO (DEBUG if `verbose`) to stderr for our loggers; jax and absl (Orbax) at WARNING."""
   # force: an import may already have configured the root logger (at WARNING) by logging through it.
-  logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                      format="%(levelname)s %(name)s: %(message)s", force=True)
+  logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                      format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
   for noisy in ("jax", "absl"):  # backend probing and Orbax's checkpoint bookkeeping are not news
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  return args.func(args)
 
 
 if __name__ == "__main__":

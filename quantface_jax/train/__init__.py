@@ -65,7 +65,7 @@ def train_fp(config: ml_collections.ConfigDict, workdir: str,
   first = finished[-1] + 1 if finished else 0
   model = load_safetensors(stage_dir(names[first - 1])) if first else initial_model(config)
 
-  train = fp_stages.pair_dataset(config, range(*config.data.train_range), train=True)
+  train = fp_stages.train_dataset(config)
   remaining = names[first:]
   pairs = None
   if {"vre", "unet", "joint"} & set(remaining):

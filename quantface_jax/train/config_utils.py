@@ -8,6 +8,9 @@ from typing import Any, Iterable
 
 import ml_collections
 
+# Sections with this name are free-form (e.g. `quant.overrides`, LayerQuantConfig fields): an
+# override may add a key there, parsed as a Python literal; everywhere else a new key is an error.
+FREE_FORM_SECTION = "overrides"
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -37,7 +40,8 @@ def _coerce(text: str, current: Any, key: str) -> Any:
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> ml_collections.ConfigDict:
   """Applies ``["stage.unet.steps=100", "--config.seed=3", ...]`` in place and returns `config`.
 
-  Each value is parsed to the type of the value it replaces; an unknown key raises KeyError naming it.
+  Each value is parsed to the type of the value it replaces; an unknown key raises KeyError naming it,
+  except inside a section named `FREE_FORM_SECTION`, which takes new keys.
   """
   for item in overrides:
     key, sep, text = item.removeprefix("--").removeprefix("config.").partition("=")
@@ -49,9 +53,11 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
       if not isinstance(node, ml_collections.ConfigDict) or name not in node:
         raise KeyError(f"unknown config key {'.'.join(parents[:i + 1])!r} (in override {item!r})")
       node = node[name]
-    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+    if not isinstance(node, ml_collections.ConfigDict):
       raise KeyError(f"unknown config key {key!r}")
-    node[leaf] = _coerce(text, node[leaf], key)
+    if leaf not in node and parents[-1:] != [FREE_FORM_SECTION]:
+      raise KeyError(f"unknown config key {key!r} (only `{FREE_FORM_SECTION}` sections take new keys)")
+    node[leaf] = _coerce(text, node.get(leaf), key)
   return config
 
 

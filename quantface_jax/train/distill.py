@@ -162,7 +162,7 @@ def train_qdlora(config: ml_collections.ConfigDict, workdir: str) -> tuple[OSDFa
   q = config.qdlora
   student = qdlora.to_qdlora(quantized, rank=q.rank, lora_rank=q.lora_rank, sigma=q.sigma,
                              seed=q.seed, learn_scales=q.learn_scales, inplace=True)
-  train = fp_stages.pair_dataset(config, range(*config.data.train_range), train=True)
+  train = fp_stages.train_dataset(config)
   pairs = (fp_stages.DegradedCache(train, epochs=config.data.lq_epochs, workers=config.data.workers)
            if config.data.lq_epochs else train)
   stream = fp_stages.batch_stream(pairs, ("lq", "hq"), config.train.batch_size,

@@ -99,12 +99,16 @@ def degradation_config(cfg: ml_collections.ConfigDict) -> DegradationConfig:
                            noise_sigma=tuple(cfg.noise_sigma), jpeg_quality=tuple(cfg.jpeg_quality))
 
 
-def pair_dataset(config: ml_collections.ConfigDict, indices, *, train: bool = False) -> data_lib.HQFolderDataset:
-  """(lq, hq) pairs of `indices`; a training set (`train`) takes the config's augmentation."""
+def pair_dataset(config: ml_collections.ConfigDict, indices, *, hflip: bool = False) -> data_lib.HQFolderDataset:
+  """(lq, hq) pairs of `indices`, mirrored at random when `hflip`."""
   return data_lib.HQFolderDataset(config.data.root, config.model_resolution, indices=list(indices),
                                   degradation=degradation_config(config.data.degradation),
-                                  seed=config.data.degradation_seed,
-                                  hflip=train and config.data.hflip)
+                                  seed=config.data.degradation_seed, hflip=hflip)
+
+
+def train_dataset(config: ml_collections.ConfigDict) -> data_lib.HQFolderDataset:
+  """The training pairs (`data.train_range`) with the config's augmentation."""
+  return pair_dataset(config, range(*config.data.train_range), hflip=config.data.hflip)
 
 
 def _to_model_range(fields: tuple[np.ndarray, ...], keys: tuple[str, ...]) -> dict[str, np.ndarray]:

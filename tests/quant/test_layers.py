@@ -8,6 +8,7 @@ from flax import nnx
 from quantface_jax.models.layers import Conv2d, Linear
 from quantface_jax.quant import api, get_recipe
 from quantface_jax.quant.calibrate import LayerStats
+from quantface_jax.quant.layers import low_rank_split
 from quantface_jax.quant.rules import LayerQuantConfig
 
 FULL = LayerQuantConfig(w_bits=4, a_bits=4, smooth=True, alpha='search', rotate=True, low_rank=4)
@@ -86,3 +87,23 @@ def test_bits_are_traced_and_more_bits_less_error():
     errors.append(_rel(run(q, x), layer(x)))
   assert len(traces) == 1
   assert errors[0] > errors[1] > errors[2]
+
+
+@pytest.mark.parametrize('shape,rank', [((40, 12), 5), ((12, 40), 5), ((3, 3, 8, 20), 6), ((6, 4), 9),
+                                        ((16, 16), 0)])
+def test_low_rank_split_is_the_top_singular_pairs(shape, rank):
+  """L1·L2 is the best rank-r approximation (Eckart–Young: the residual's energy is the tail of the
+  spectrum), whichever side is longer, and R + L1·L2 = Ŵ."""
+  rng = np.random.default_rng(4)
+  w = rng.standard_normal(shape) * np.logspace(0, -2, shape[-1])  # a decaying spectrum
+  residual, down, up = (np.asarray(a, np.float64) for a in low_rank_split(jnp.asarray(w, jnp.float32), rank))
+  matrix = w.reshape(-1, shape[-1])
+  r = min(rank, *matrix.shape)
+  assert down.shape == (matrix.shape[0], r) and up.shape == (r, shape[-1])
+  u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+  np.testing.assert_allclose(down @ up, (u[:, :r] * s[:r]) @ vt[:r], atol=2e-6 * s[0])
+  np.testing.assert_allclose(np.sum(residual ** 2), np.sum(s[r:] ** 2), rtol=1e-4, atol=1e-10)
+  np.testing.assert_allclose(residual.reshape(matrix.shape) + down @ up, matrix, atol=2e-6 * s[0])
+  # The two factors share the singular values evenly (S^½ each), as QD-LoRA's branches assume.
+  np.testing.assert_allclose(np.linalg.norm(down, axis=0), np.sqrt(s[:r]), rtol=1e-4)
+  np.testing.assert_allclose(np.linalg.norm(up, axis=1), np.sqrt(s[:r]), rtol=1e-4)

@@ -42,7 +42,7 @@ def stage_for(config, quantized, batches):
 
 
 def stream(config):
-  train = fp_stages.pair_dataset(config, range(*config.data.train_range))
+  train = fp_stages.train_dataset(config)
   return fp_stages.batch_stream(train, ("lq", "hq"), config.train.batch_size, seed=0, workers=1)
 
 

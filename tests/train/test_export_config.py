@@ -41,7 +41,7 @@ def test_export_strict_errors(tmp_path, edit, message):
 
 def _config():
   return ml_collections.ConfigDict(dict(seed=0, lr=1e-3, name="a", flag=False, shape=(1, 2), opt=None,
-                                        stage=dict(unet=dict(steps=10))))
+                                        stage=dict(unet=dict(steps=10)), quant=dict(overrides=dict(alpha=0.5))))
 
 
 def test_overrides_coerce_to_existing_types():
@@ -57,6 +57,14 @@ def test_overrides_coerce_to_existing_types():
 def test_overrides_unknown_key_names_it(override, key):
   with pytest.raises(KeyError, match=key):
     apply_overrides(_config(), [override])
+
+
+def test_overrides_free_form_section_takes_new_keys():
+  c = apply_overrides(_config(), ["quant.overrides.low_rank=0", "quant.overrides.a_mode=dynamic",
+                                  "quant.overrides.alpha=0.7"])
+  assert dict(c.quant.overrides) == dict(alpha=0.7, low_rank=0, a_mode="dynamic")
+  with pytest.raises(KeyError, match="quant.low_rank"):  # the section above it stays closed
+    apply_overrides(_config(), ["quant.low_rank=0"])
 
 
 def test_overrides_bad_values():

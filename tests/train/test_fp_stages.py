@@ -85,3 +85,10 @@ def test_joint_stage_also_trains_the_decoder_and_keeps_the_vre_frozen(tmp_path):
   assert stage.name == "joint"
   assert {"vae.encoder", "vae.quant_conv", "vae.decoder", "vae.post_quant_conv"} <= trained
   assert {"vre.encoder", "vre.quantize"} <= frozen and not any(p.startswith("vre") for p in trained)
+
+
+def test_only_the_training_set_takes_the_mirror_augmentation(tmp_path):
+  config = tiny_config(synthetic_faces(tmp_path, n=8), "data.hflip=True", "data.train_range=(0, 6)")
+  train = fp_stages.train_dataset(config)
+  assert train.hflip and len(train) == 6
+  assert not fp_stages.pair_dataset(config, range(6, 8)).hflip
