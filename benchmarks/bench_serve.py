@@ -5,7 +5,8 @@ reset its peak counter): `benchmarks/run_serve_h200.sh` does that on the H200.
 
   export       build the FP model, calibrate static activation ranges on one random LQ face
                (``--act dynamic`` needs none, but then 3x3 convs run one GEMM per tap), quantize
-               with ``rtn`` and write SERVE_DIRs W4A8, W4A4, W8A8 under --workdir
+               with ``rtn`` and write SERVE_DIRs W4A8, W4A4, W8A8 under --workdir; on the host's
+               CPU unless ``--export-device default``
   W4           load W4A8 and time it, then W4A4 (same structure: a_bits is data, one compile)
   W8A8         load W8A8 and time it
   bf16         our FP model in bfloat16
@@ -40,7 +41,17 @@ def _random_lq(batch: int, res: int):
   return jax.random.uniform(jax.random.key(batch), (batch, res, res, 3), jnp.float32, -1.0, 1.0)
 
 
-def export_part(preset: str, act: str, workdir: pathlib.Path) -> None:
+def export_part(preset: str, act: str, workdir: pathlib.Path, device: str) -> None:
+  import contextlib
+
+  import jax
+
+  where = jax.default_device(jax.devices("cpu")[0]) if device == "cpu" else contextlib.nullcontext()
+  with where:  # calibration and per-layer quantizing are compile-bound on a GPU (bench_setup.py)
+    _export(preset, act, workdir)
+
+
+def _export(preset: str, act: str, workdir: pathlib.Path) -> None:
   from quantface_jax.models import build
   from quantface_jax.quant import calibrate, get_bits, get_recipe, quantize, set_bits
   from quantface_jax.serve import packed_account, save_served, serve_model
@@ -112,7 +123,7 @@ def run_part(part: str, args) -> list[dict]:
 
   res = PRESETS[args.model].resolution
   if part == "export":
-    export_part(args.model, args.act, args.workdir)
+    export_part(args.model, args.act, args.workdir, args.export_device)
     return []
   if part == "bf16":
     return time_jax({"bf16": (lambda: build(args.model), jnp.bfloat16)}, args.batches, args.iters, res)
@@ -138,6 +149,8 @@ def main() -> None:
   p.add_argument("--iters", type=int, default=10, help="timed calls per row (median)")
   p.add_argument("--act", default="static", choices=["static", "dynamic"],
                  help="activation quantization of the exported models")
+  p.add_argument("--export-device", default="cpu", choices=["cpu", "default"],
+                 help="where `export` builds, calibrates and quantizes (cpu: the host's cores)")
   p.add_argument("--backend", default="auto", help="integer kernels: auto | xla | pallas")
   p.add_argument("--workdir", default="/tmp/quantface_bench_serve", type=pathlib.Path,
                  help="where `export` writes the SERVE_DIRs and the timing parts read them")
