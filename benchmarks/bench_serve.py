@@ -42,12 +42,9 @@ def _random_lq(batch: int, res: int):
 
 
 def export_part(preset: str, act: str, workdir: pathlib.Path, device: str) -> None:
-  import contextlib
+  from bench_setup import setup_context
 
-  import jax
-
-  where = jax.default_device(jax.devices("cpu")[0]) if device == "cpu" else contextlib.nullcontext()
-  with where:  # calibration and per-layer quantizing are compile-bound on a GPU (bench_setup.py)
+  with setup_context(device):  # calibration and per-layer quantizing are compile-bound on a GPU
     _export(preset, act, workdir)
 
 

@@ -25,6 +25,11 @@ from quantface_jax.quant import (CalibrationSettings, get_recipe, load_quantized
 log = logging.getLogger(__name__)
 
 
+def setup_context(setup_device: str):
+  """Where setup work runs: "cpu" (the host's CPU backend) or "default" (the default device)."""
+  return jax.default_device(jax.devices("cpu")[0]) if setup_device == "cpu" else contextlib.nullcontext()
+
+
 def quick_quantized(preset: str, *, setup_device: str = "default", cache: str | None = None,
                     qdlora_ranks: tuple[int, int] | None = None):
   """(FP model, W4A4 quantface student, recipe, setup seconds); both models on the default device.
@@ -35,21 +40,19 @@ def quick_quantized(preset: str, *, setup_device: str = "default", cache: str | 
   qdlora_ranks: (SVD rank, LoRA rank) to turn the student into QD-LoRA layers (None: stays PTQ).
   """
   start = time.perf_counter()
-  where = (jax.default_device(jax.devices("cpu")[0]) if setup_device == "cpu"
-           else contextlib.nullcontext())
-  with where:
+  with setup_context(setup_device):
     fp = build(preset)
     res = fp.config.resolution
     face = np.random.default_rng(0).uniform(-1, 1, (1, res, res, 3)).astype(np.float32)
     recipe = get_recipe("quantface", "W4A4", alpha=0.5, calibration=CalibrationSettings(
         num_images=1, batch_size=1, max_samples=0))
     if cache and os.path.isdir(cache):  # atomic_directory: it exists only once complete
-      student = load_quantized(cache)
+      student, how = load_quantized(cache), f"loaded from {cache}"
     else:
-      student = quantize(fp, recipe, calibration=[face])
+      student, how = quantize(fp, recipe, calibration=[face]), "quantized"
       if cache:
         save_quantized(student, recipe, cache, base_ckpt=f"random {preset} (seed 0)")
-    log.info("%s quantized in %.0f s", preset, time.perf_counter() - start)
+    log.info("%s student %s in %.0f s", preset, how, time.perf_counter() - start)
     if qdlora_ranks is not None:
       student = to_qdlora(student, rank=qdlora_ranks[0], lora_rank=qdlora_ranks[1], inplace=True)
   if setup_device == "cpu":

@@ -53,35 +53,32 @@ def main() -> None:
   paths = allocatable_paths(fp, recipe)
   paths = paths[::max(1, len(paths) // 8)][:8] if args.smoke else paths
 
-  stamps = []
   widths = tuple(int(w) for w in args.widths.split(","))
   configs = len(paths) * len(widths)
-  sweep_start = time.perf_counter()
-
-  def record_chunk(chunks_done: int) -> None:
-    # A partial row after every chunk: a run cut by a device time limit still gives the rate.
-    stamps.append(time.perf_counter())
-    steady_s = stamps[-1] - stamps[0]
-    partial = dict(preset=args.preset, layers=len(paths), configs=configs, partial=True,
-                   configs_done=min(configs + 1, chunks_done * args.chunk_size), setup_s=setup_s,
-                   first_chunk_s=stamps[0] - sweep_start, elapsed_s=stamps[-1] - sweep_start,
-                   configs_per_s=(len(stamps) - 1) * args.chunk_size / steady_s if steady_s > 0 else None)
-    pathlib.Path(args.out).write_text(json.dumps(partial, indent=1))
-
-  table = sensitivity_sweep(model, lq, paths=paths, widths=widths, chunk_size=args.chunk_size,
-                            batch_size=args.batch_size, progress=False, on_chunk=record_chunk)
-  steady_s = stamps[-1] - stamps[0]
-  steady_configs = min(configs + 1, len(stamps) * args.chunk_size) - args.chunk_size
-  row = dict(
+  rows = configs + 1  # the sweep's first row is the unquantized reference
+  head = dict(
       preset=args.preset, faces=args.faces, resolution=res, layers=len(paths),
       layers_unet=sum(p.startswith("unet.") for p in paths),
       layers_vae=sum(p.startswith("vae.") for p in paths), widths=widths,
       chunk_size=args.chunk_size, batch_size=args.batch_size, configs=configs,
-      setup_s=setup_s, setup_device=args.setup_device, sweep_s=table.sweep_time_s,
-      first_chunk_s=table.sweep_time_s - steady_s,  # compilation + one chunk
-      configs_per_s=steady_configs / steady_s if steady_s > 0 else None,
-      device=str(jax.devices()[0]), host=platform.node(),
-      e_mean_per_width=table.e.mean(0).tolist(), p_mean_per_width=table.p.mean(0).tolist())
+      setup_s=setup_s, setup_device=args.setup_device, device=str(jax.devices()[0]), host=platform.node())
+  stamps, timing = [], {}
+  sweep_start = time.perf_counter()
+
+  def record_chunk(chunks_done: int) -> None:
+    # first_chunk_s counts from the call: cache fingerprint, compilation and one chunk; the later
+    # chunks give the steady rate. The row is rewritten after every chunk, so a run cut by a device time limit still gives the rate.
+    stamps.append(time.perf_counter())
+    done, steady_s = min(rows, chunks_done * args.chunk_size), stamps[-1] - stamps[0]
+    timing.update(configs_done=done - 1, first_chunk_s=stamps[0] - sweep_start,
+                  elapsed_s=stamps[-1] - sweep_start,
+                  configs_per_s=(done - min(rows, args.chunk_size)) / steady_s if steady_s > 0 else None)
+    pathlib.Path(args.out).write_text(json.dumps(dict(head, partial=True, **timing), indent=1))
+
+  table = sensitivity_sweep(model, lq, paths=paths, widths=widths, chunk_size=args.chunk_size,
+                            batch_size=args.batch_size, progress=False, on_chunk=record_chunk)
+  row = dict(head, partial=False, **timing, sweep_s=table.sweep_time_s,
+             e_mean_per_width=table.e.mean(0).tolist(), p_mean_per_width=table.p.mean(0).tolist())
   print(json.dumps(row, indent=1))
   print(f"{configs} layer x width configurations in {table.sweep_time_s:.1f} s "
         f"({row['configs_per_s'] or float('nan'):.2f} configs/s steady)")
