@@ -33,17 +33,20 @@ from bench_setup import quick_quantized  # pylint: disable=wrong-import-position
 from quantface_jax.cli import configure_logging  # pylint: disable=wrong-import-position
 from quantface_jax.train.distill import distill_stage  # pylint: disable=wrong-import-position
 from quantface_jax.train.logging import read_metrics  # pylint: disable=wrong-import-position
-from quantface_jax.train.trainer import fit  # pylint: disable=wrong-import-position
+from quantface_jax.train.mesh import make_mesh  # pylint: disable=wrong-import-position
+from quantface_jax.train.trainer import (  # pylint: disable=wrong-import-position
+    build_train_program, compile_train_step, fit)
 
 
 def run_config(args) -> ml_collections.ConfigDict:
-  """What `distill_stage` and `fit` read, for a fixed-length unlogged-to-disk run."""
+  """What `distill_stage` and `fit` read, for a fixed-length unlogged-to-disk run (the progress bar
+  shows each step as it returns, so a cut run still tells how far it got)."""
   c = ml_collections.ConfigDict()
   c.compute_dtype = args.dtype
   c.train = ml_collections.ConfigDict(dict(
       steps=args.steps, batch_size=args.batch, lr=1e-4, warmup_steps=2, final_lr_fraction=0.05,
       weight_decay=0.0, b1=0.9, b2=0.99, grad_clip=1.0, seed=0, log_every=1,
-      checkpoint_every=10**9, keep_checkpoints=1, eval_every=0, prefetch=2, progress=False,
+      checkpoint_every=10**9, keep_checkpoints=1, eval_every=0, prefetch=2, progress=True,
       time_budget_s=0.0, feature_kind="l1", remat=args.remat,
       weights=dict(latent=1.0, l1=1.0, sobel=0.5, feature=0.1),
       mesh=dict(data=args.mesh_data, fsdp=args.mesh_fsdp)))
@@ -67,6 +70,8 @@ def main() -> None:
   parser.add_argument("--setup-cache", default=None, help="QDIR of the student: loaded if present, else written")
   parser.add_argument("--setup-device", default="default", choices=("default", "cpu"),
                       help="where the student is quantized (cpu: the host, then moved)")
+  parser.add_argument("--trace-only", action="store_true",
+                      help="time the step's trace and lowering, then stop (the host-side share of the compile)")
   parser.add_argument("--out", required=True, help="JSON-lines file the row is appended to")
   args = parser.parse_args()
   configure_logging()  # the trainer logs when its first step has compiled
@@ -82,17 +87,25 @@ def main() -> None:
   stream = lambda start: (batches[s % len(batches)] for s in range(start, args.steps))
   config = run_config(args)
   stage = distill_stage(student, teacher, config, stream, [])
+  head = dict(preset=args.preset, resolution=res, dtype=args.dtype, remat=args.remat, devices=jax.device_count(),
+              device_kind=jax.devices()[0].device_kind, mesh=dict(data=args.mesh_data, fsdp=args.mesh_fsdp),
+              global_batch=args.batch, setup_s=setup_s, setup_device=args.setup_device)
+  if args.trace_only:
+    program = build_train_program(stage, config.train, make_mesh(args.mesh_data, args.mesh_fsdp))
+    return write_row(dict(head, compile_profile=compile_train_step(program, batches[0], compile=False)[1]), args.out)
   with tempfile.TemporaryDirectory() as workdir:
     result = fit(stage, config.train, workdir)
     records = read_metrics(workdir, "qdlora")
   rate = records[-1]["steps_per_s"]  # after the compiling first step
-  row = dict(preset=args.preset, resolution=res, dtype=args.dtype, remat=args.remat, devices=jax.device_count(),
-             device_kind=jax.devices()[0].device_kind, mesh=dict(data=args.mesh_data, fsdp=args.mesh_fsdp),
-             global_batch=args.batch, steps=result.steps_run, images_per_s=rate * args.batch,
-             step_ms=1e3 / rate, train_s=result.seconds, setup_s=setup_s, setup_device=args.setup_device,
-             peak_mem_gb_per_device=peak_memory_gb(), losses=[r["loss"] for r in records])
-  print(json.dumps(row))
-  with open(args.out, "a") as f:
+  write_row(dict(head, steps=result.steps_run, images_per_s=rate * args.batch, step_ms=1e3 / rate,
+                 train_s=result.seconds, compile_profile=result.compile_profile,
+                 peak_mem_gb_per_device=peak_memory_gb(),
+                 losses=[r["loss"] for r in records]), args.out)
+
+
+def write_row(row: dict, path: str) -> None:
+  print(json.dumps(row), flush=True)
+  with open(path, "a") as f:
     f.write(json.dumps(row) + "\n")
 
 

@@ -1,11 +1,12 @@
-"""Where quantizing a model goes: wall time per phase of `quantize` (calibration pass, per-layer
+"""Where quantizing a model goes: time per phase of `quantize` (calibration pass, per-layer
 balancing / low-rank split / clip search, range pass) for bench_setup.py's recipe.
 
-    python benchmarks/quantize_profile.py sd21     # 226 s on 2 CPU cores (828 s before session 4's fixes)
+    python benchmarks/quantize_profile.py sd21     # 134 s on 2 CPU cores (828 s before session 4's fixes)
     python benchmarks/quantize_profile.py mini
 
 The phases are timed by wrapping `quant.api`'s module-level functions (each call blocked on its
-result), so the numbers add up to the total minus the Python glue.
+result). Layers are converted on a thread pool, so the per-layer phases are summed over its threads:
+with N threads busy they can add up to N times the wall time they took.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from quantface_jax import checkpoint  # pylint: disable=wrong-import-position
-from quantface_jax.quant import CalibrationSettings, api, get_recipe, quantize  # pylint: disable=wrong-import-position
+from bench_setup import bench_recipe  # pylint: disable=wrong-import-position
+from quantface_jax.quant import api, quantize  # pylint: disable=wrong-import-position
 
 PHASES = ("calibrate", "_balance", "low_rank_split", "clip_ratio", "calibrate_ranges")
 
@@ -45,8 +47,7 @@ def main(preset: str) -> None:
   fp = checkpoint.load(preset)
   res = fp.config.resolution
   face = np.random.default_rng(0).uniform(-1, 1, (1, res, res, 3)).astype(np.float32)
-  recipe = get_recipe("quantface", "W4A4", alpha=0.5, calibration=CalibrationSettings(
-      num_images=1, batch_size=1, max_samples=0))
+  recipe = bench_recipe()
   start = time.perf_counter()
   quantize(fp, recipe, calibration=[face])
   row = dict(preset=preset, device=str(jax.devices()[0]), total_s=round(time.perf_counter() - start, 1),

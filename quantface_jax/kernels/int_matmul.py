@@ -338,10 +338,10 @@ def int_matmul_mosaic(xq, w, *, a_scale, w_scale, a_zero=None, w_colsum=None, bi
     out_elems = out_swizzle * 8 // out_bits
     kernel = plgpu.kernel(
         functools.partial(_mosaic_kernel, blocks=blocks, k_iters=kp // blocks.tile_k),
-        out_shape=jax.ShapeDtypeStruct((mp, np_), out_dtype),
-        scratch_shapes=[plgpu.SMEM((blocks.tile_m, blocks.tile_n), out_dtype,
-                                   transforms=(plgpu.TilingTransform((8, out_elems)),
-                                               plgpu.SwizzleTransform(out_swizzle)))],
+        out_type=jax.ShapeDtypeStruct((mp, np_), out_dtype),
+        scratch_types=[plgpu.SMEM((blocks.tile_m, blocks.tile_n), out_dtype,
+                                  transforms=(plgpu.TilingTransform((8, out_elems)),
+                                              plgpu.SwizzleTransform(out_swizzle)))],
         grid=(mp // blocks.tile_m, np_ // blocks.tile_n),
         grid_names=("m", "n"),
     )

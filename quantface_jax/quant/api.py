@@ -33,7 +33,7 @@ BITS_MAP_VERSION = 1
 def quantize(model: nnx.Module, recipe: Recipe, *,
              calibration: CalibrationStats | Sequence[np.ndarray] | None = None,
              images: Iterable[np.ndarray] | None = None, inplace: bool = False,
-             progress: bool = False) -> nnx.Module:
+             progress: bool = False, workers: int | None = None) -> nnx.Module:
   """Returns ``model`` with every Linear/Conv2d that ``recipe.rules`` matches quantized.
 
   Args:
@@ -47,6 +47,8 @@ def quantize(model: nnx.Module, recipe: Recipe, *,
     images: calibration batches for the range pass: static ranges of the balanced inputs are then
       measured exactly (quantization off) instead of estimated from the statistics.
     progress: progress bars for the calibration passes.
+    workers: threads quantizing layers in parallel (default: the host's cores, at most 16); the
+      result does not depend on it.
   """
   if calibration is not None and not isinstance(calibration, CalibrationStats):
     batches = list(calibration)
@@ -55,13 +57,16 @@ def quantize(model: nnx.Module, recipe: Recipe, *,
                             seed=settings.seed, progress=progress)
     images = batches if settings.range_pass and images is None else images
   model = model if inplace else nnx.clone(model)
-  targets = [(p, m) for p, m in rules_lib.iter_layers(model, rules_lib.FP_LAYERS)
-             if rules_lib.match(recipe.rules, p) is not None]
-  for path, layer in targets:
+
+  def convert(path, layer):
+    config = rules_lib.match(recipe.rules, path)
+    if config is None:
+      return None
     stats = None if calibration is None or path not in calibration else calibration[path]
-    new = quantize_layer(layer, rules_lib.match(recipe.rules, path), stats=stats,
-                         seed=rules_lib.layer_seed(recipe.seed, path), path=path)
-    rules_lib.set_module(model, path, new)
+    return quantize_layer(layer, config, stats=stats, seed=rules_lib.layer_seed(recipe.seed, path), path=path)
+
+  rules_lib.replace_layers(model, list(rules_lib.iter_layers(model, rules_lib.FP_LAYERS)), convert,
+                           workers=workers)
   if images is not None:
     calibrate_ranges(model, images, progress=progress)
   return model

@@ -186,8 +186,7 @@ def merge_branches(layer: QDLoRALinear | QDLoRAConv2d) -> QuantLinear | QuantCon
 
 def _replace_layers(model: nnx.Module, convert, types, inplace: bool) -> nnx.Module:
   model = model if inplace else nnx.clone(model)
-  for path, layer in list(rules_lib.iter_layers(model, types)):
-    rules_lib.set_module(model, path, convert(path, layer))
+  rules_lib.replace_layers(model, list(rules_lib.iter_layers(model, types)), convert)
   return model
 
 

@@ -8,10 +8,12 @@ path wins, ``None`` means "leave the layer in full precision", and an unmatched 
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
+import os
 import re
-from typing import Iterator, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence, TypeVar
 
 from flax import nnx
 
@@ -126,6 +128,26 @@ def set_module(model: nnx.Module, path: str, new: nnx.Module) -> None:
     parent[int(key)] = new
   else:
     setattr(parent, key, new)
+
+
+_T = TypeVar('_T')
+
+
+def replace_layers(model: nnx.Module, layers: Sequence[tuple[str, nnx.Module]],
+                   convert: Callable[[str, nnx.Module], nnx.Module | None], *,
+                   workers: int | None = None) -> None:
+  """Sets each ``path`` of ``layers`` to ``convert(path, layer)`` (None: left as is), in place.
+
+  The conversions run on ``workers`` threads (default: the host's cores, at most 16): their array
+  work (jitted programs, LAPACK) releases the GIL, so a many-core host converts layers in parallel.
+  Each layer's result depends on that layer alone, so the model is the same for any ``workers``.
+  """
+  workers = workers or min(16, os.cpu_count() or 1)
+  with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+    new_layers = list(pool.map(lambda item: convert(*item), layers))
+  for (path, _), new in zip(layers, new_layers):
+    if new is not None:
+      set_module(model, path, new)
 
 
 def layer_seed(seed: int, path: str) -> int:

@@ -73,6 +73,7 @@ class FitResult:
   seconds: float  # wall time of the training loop, compile included
   train_metrics: dict[str, float]  # the last step's metrics
   val_metrics: dict[str, float]  # the final validation means (empty if no eval_fn)
+  compile_profile: dict[str, float]  # `compile_train_step`'s phase times (empty when no step ran)
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict):
@@ -140,6 +141,75 @@ def state_shardings(mesh, state: TrainState) -> TrainState:
   return TrainState(step=mesh_lib.replicated(mesh), total_steps=mesh_lib.replicated(mesh),
                     params=mesh_lib.tree_shardings(mesh, state.params),
                     opt_state=mesh_lib.tree_shardings(mesh, state.opt_state), rng=mesh_lib.replicated(mesh))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainProgram:
+  """A stage's jitted train step on a mesh, with its initial state and every sharding it takes."""
+
+  graphdef: nnx.GraphDef  # the module's structure; params and frozen merge back into it
+  state: TrainState  # the initial state (step 0, fresh optimizer), not yet placed on the mesh
+  frozen: nnx.State  # everything that does not train (teacher, quantized residuals, buffers)
+  state_sharding: TrainState  # a NamedSharding per leaf of `state`
+  frozen_sharding: nnx.State  # a NamedSharding per leaf of `frozen` (split over "fsdp" when it has one)
+  batch_sharding: jax.sharding.NamedSharding  # batch axis over the mesh's data axes
+  replicated: jax.sharding.NamedSharding  # scalars and metrics
+  step: Any  # jax.jit of (state, frozen, batch) -> (state, metrics); donates `state`
+
+  def abstract_args(self, batch: Batch) -> tuple:
+    """(state, frozen, batch) as sharded ShapeDtypeStructs: what `step.trace` takes without data."""
+    spec = lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s)
+    return (jax.tree.map(spec, self.state, self.state_sharding),
+            jax.tree.map(spec, self.frozen, self.frozen_sharding),
+            {k: spec(v, self.batch_sharding) for k, v in batch.items()})
+
+
+def build_train_program(stage: Stage, config: ml_collections.ConfigDict, mesh) -> TrainProgram:
+  """The train step `fit` runs: AdamW on `stage.trainable` (config as in `fit`), jit over `mesh`."""
+  tx, lr_fn = make_optimizer(config)
+  graphdef, params, frozen = split_trainable(stage.module, stage.trainable)
+  state = init_state(params, tx, total_steps=config.steps, seed=config.seed)
+  state_sh = state_shardings(mesh, state)
+  frozen_sh = mesh_lib.tree_shardings(mesh, frozen)
+  batch_sh = mesh_lib.batch_sharding(mesh)
+  repl = mesh_lib.replicated(mesh)
+  step = jax.jit(make_train_step(graphdef, stage.loss_fn, tx, lr_fn), in_shardings=(state_sh, frozen_sh, batch_sh),
+                 out_shardings=(state_sh, repl), donate_argnums=(0,))
+  return TrainProgram(graphdef=graphdef, state=state, frozen=frozen, state_sharding=state_sh,
+                      frozen_sharding=frozen_sh, batch_sharding=batch_sh, replicated=repl, step=step)
+
+
+def _count_equations(jaxpr) -> int:
+  """Equations of a jaxpr, those of its sub-jaxprs (pjit, custom_vjp, remat, scan bodies) included."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    total += 1
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
+        if hasattr(inner, "eqns"):
+          total += _count_equations(inner)
+  return total
+
+
+def compile_train_step(program: TrainProgram, batch: Batch, *, compile: bool = True):
+  """Ahead-of-time compiles `program.step` for batches shaped like `batch`, timing each phase.
+
+  Returns (the compiled step, or None with compile=False; {trace_s, lower_s[, compile_s],
+  jaxpr_equations}). Runs on abstract values: nothing is placed on a device. The compiled step takes
+  exactly the shardings of `program` (what `fit` feeds it).
+  """
+  t0 = time.perf_counter()
+  traced = program.step.trace(*program.abstract_args(batch))
+  t1 = time.perf_counter()
+  lowered = traced.lower()
+  t2 = time.perf_counter()
+  profile = dict(trace_s=t1 - t0, lower_s=t2 - t1, jaxpr_equations=_count_equations(traced.jaxpr.jaxpr))
+  if not compile:
+    return None, profile
+  compiled = lowered.compile()
+  profile["compile_s"] = time.perf_counter() - t2
+  return compiled, profile
 
 
 def to_global(batch: Batch, sharding) -> dict[str, jax.Array]:
@@ -217,13 +287,10 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
   """
   t_begin = time.perf_counter()
   mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
-  tx, lr_fn = make_optimizer(config)
-  graphdef, params, frozen = split_trainable(stage.module, stage.trainable)
-  state = init_state(params, tx, total_steps=config.steps, seed=config.seed)
-  state_sh = state_shardings(mesh, state)
-  frozen_sh = mesh_lib.tree_shardings(mesh, frozen)
-  batch_sh = mesh_lib.batch_sharding(mesh)
-  repl = mesh_lib.replicated(mesh)
+  program = build_train_program(stage, config, mesh)
+  state, frozen = program.state, program.frozen
+  state_sh, frozen_sh, batch_sh, repl = (program.state_sharding, program.frozen_sharding, program.batch_sharding,
+                                         program.replicated)
   budget = config.get("time_budget_s", 0)
   calibrate_at = config.get("calibrate_steps", 20) + 1
   calibrate_points = {calibrate_at, max(calibrate_at, config.get("warmup_steps", 0))}
@@ -242,10 +309,8 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
     frozen = jax.device_put(frozen, frozen_sh)
     start, total = int(state.step), int(state.total_steps)
 
-    train_step = jax.jit(make_train_step(graphdef, stage.loss_fn, tx, lr_fn),
-                         in_shardings=(state_sh, frozen_sh, batch_sh), out_shardings=(state_sh, repl),
-                         donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(graphdef, stage.eval_fn), in_shardings=(state_sh.params, frozen_sh, batch_sh),
+    eval_step = jax.jit(make_eval_step(program.graphdef, stage.eval_fn),
+                        in_shardings=(state_sh.params, frozen_sh, batch_sh),
                         out_shardings=repl) if stage.eval_fn is not None else None
 
     train_metrics: dict[str, float] = {}
@@ -255,11 +320,17 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
                disable=not config.get("progress", True) or jax.process_index() != 0)
     batches = prefetch(stage.train_batches(start), config.get("prefetch", 2))
     done, t_first, data_wait = start, None, 0.0
+    train_step, compile_profile = None, {}
     while done < total:
       t_wait = time.perf_counter()
       batch = next(batches)
       if done > start:  # waits after the first step fall in the timed window (from t_first)
         data_wait += time.perf_counter() - t_wait
+      if train_step is None:  # compiled ahead of time, so the log can say where the time went
+        train_step, compile_profile = compile_train_step(program, batch)
+        log.info("%s: step compiled in %.0f s (trace %.0f s, lower %.0f s, XLA %.0f s; %d jaxpr equations)",
+                 stage.name, sum(v for k, v in compile_profile.items() if k.endswith("_s")),
+                 *(compile_profile[k] for k in ("trace_s", "lower_s", "compile_s", "jaxpr_equations")))
       state, metrics = train_step(state, frozen, to_global(batch, batch_sh))
       done += 1
       bar.update(1)
@@ -301,4 +372,4 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
     writer.close()
   nnx.update(stage.module, state.params)
   return FitResult(module=stage.module, steps_run=done - start, seconds=seconds,
-                   train_metrics=train_metrics, val_metrics=val_metrics)
+                   train_metrics=train_metrics, val_metrics=val_metrics, compile_profile=compile_profile)

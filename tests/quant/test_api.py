@@ -54,6 +54,21 @@ def test_swaps_exactly_the_rule_scope(tiny_model, setup):
   assert isinstance(tiny_model.unet.conv_in, Conv2d)  # The FP model is left as it was.
 
 
+def test_parallel_quantize_is_serial_quantize(tiny_model, setup):
+  qmodel, images, _ = setup  # quantized on the default thread pool
+  recipe = get_recipe('quantface', 'W4A4', alpha=0.5)
+  stats = calibrate(tiny_model, images, rules=recipe.rules, max_samples=0, progress=False)
+  serial = api.quantize(tiny_model, recipe, calibration=stats, workers=1)
+  threaded = api.quantize(tiny_model, recipe, calibration=stats, workers=4)
+  flat = lambda m: {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(m))}
+  expected = flat(serial)
+  for model in (threaded, qmodel):
+    got = flat(model)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+      np.testing.assert_array_equal(got[key], value, err_msg=str(key))
+
+
 def test_balanced_model_equals_original_and_bits_never_recompile(setup):
   qmodel, images, ref = setup
   lq = jnp.asarray(images[0])

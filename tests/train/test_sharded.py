@@ -22,20 +22,13 @@ SCRIPT = textwrap.dedent("""
       devices = jax.devices()[:data * fsdp]
       cfg = toy.toy_config(steps=3, checkpoint_every=100, mesh=dict(data=data, fsdp=fsdp))
       stage = toy.toy_stage()
-      tx, lr_fn = trainer.make_optimizer(cfg)
-      graphdef, params, frozen = trainer.split_trainable(stage.module, stage.trainable)
-      state = trainer.init_state(params, tx, total_steps=3, seed=0)
-      mesh = mesh_lib.make_mesh(data, fsdp, devices=devices)
-      state_sh = trainer.state_shardings(mesh, state)
-      frozen_sh = mesh_lib.tree_shardings(mesh, frozen)
-      batch_sh = mesh_lib.batch_sharding(mesh)
-      step = jax.jit(trainer.make_train_step(graphdef, stage.loss_fn, tx, lr_fn),
-                     in_shardings=(state_sh, frozen_sh, batch_sh),
-                     out_shardings=(state_sh, mesh_lib.replicated(mesh)), donate_argnums=(0,))
-      state, frozen = jax.device_put(state, state_sh), jax.device_put(frozen, frozen_sh)
+      program = trainer.build_train_program(stage, cfg, mesh_lib.make_mesh(data, fsdp, devices=devices))
+      state = jax.device_put(program.state, program.state_sharding)
+      frozen = jax.device_put(program.frozen, program.frozen_sharding)
+      batch_sh, state_sh = program.batch_sharding, program.state_sharding
       batches = toy.toy_batches(0)
       for _ in range(3):
-        state, metrics = step(state, frozen, trainer.to_global(next(batches), batch_sh))
+        state, metrics = program.step(state, frozen, trainer.to_global(next(batches), batch_sh))
       if fsdp > 1:
         specs = {s.spec for s in jax.tree.leaves(state_sh.params)}
         assert any("fsdp" in spec for spec in specs), specs

@@ -31,21 +31,15 @@ SCRIPT = textwrap.dedent("""
       cfg = distill.trainer_config(config)
       student = qdlora.to_qdlora(quantized, rank=4, lora_rank=4, sigma=0.05)
       stage = distill.distill_stage(student, checkpoint.load("tiny"), config, None, [])
-      tx, lr_fn = trainer.make_optimizer(cfg)
-      graphdef, params, frozen = trainer.split_trainable(stage.module, stage.trainable)
-      state = trainer.init_state(params, tx, total_steps=4, seed=0)
-      state = state.replace(step=state.step + 2)  # past warmup: a non-zero learning rate
+      cfg.steps = 4
       mesh = mesh_lib.make_mesh(data, fsdp, devices=jax.devices()[:data * fsdp])
-      state_sh = trainer.state_shardings(mesh, state)
-      frozen_sh = mesh_lib.tree_shardings(mesh, frozen)
-      batch_sh = mesh_lib.batch_sharding(mesh)
-      step = jax.jit(trainer.make_train_step(graphdef, stage.loss_fn, tx, lr_fn),
-                     in_shardings=(state_sh, frozen_sh, batch_sh),
-                     out_shardings=(state_sh, mesh_lib.replicated(mesh)))
+      program = trainer.build_train_program(stage, cfg, mesh)
+      state = program.state.replace(step=program.state.step + 2)  # past warmup: a non-zero learning rate
+      frozen_sh, batch_sh = program.frozen_sharding, program.batch_sharding
       if fsdp > 1:  # the frozen teacher and residuals are split over "fsdp"
         assert any("fsdp" in s.spec for s in jax.tree.leaves(frozen_sh))
-      state, metrics = step(jax.device_put(state, state_sh), jax.device_put(frozen, frozen_sh),
-                            trainer.to_global(batch, batch_sh))
+      state, metrics = program.step(jax.device_put(state, program.state_sharding),
+                                    jax.device_put(program.frozen, frozen_sh), trainer.to_global(batch, batch_sh))
       results[(data, fsdp)] = ({k: np.asarray(v[...]) for k, v in nnx.to_flat_state(state.params)},
                                float(metrics["loss"]), float(metrics["grad_norm"]))
     ref_params, ref_loss, ref_norm = results[(1, 1)]

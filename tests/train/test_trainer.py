@@ -97,6 +97,29 @@ def test_optimizer_state_only_for_trainables():
   assert n_opt <= 2 * n_train + 8  # Adam mu, nu (+ counters)
 
 
+def test_equation_count_includes_sub_jaxprs():
+  inner = jax.jit(lambda y: jnp.sin(y) * 2.0)
+  closed = jax.make_jaxpr(lambda x: jax.checkpoint(inner)(x) + 1.0)(jnp.ones(3))
+  assert len(closed.jaxpr.eqns) == 2  # checkpoint, add
+  assert trainer._count_equations(closed.jaxpr) == 5  # + the inner jit, + sin and mul
+
+
+def test_compiled_program_is_the_step_fit_runs(tmp_path):
+  stage, cfg = toy_stage(), toy_config(steps=1)
+  program = trainer.build_train_program(stage, cfg, trainer.mesh_lib.make_mesh())
+  batch = next(toy_batches(0))
+  compiled, profile = trainer.compile_train_step(program, batch)
+  assert set(profile) == {"trace_s", "lower_s", "compile_s", "jaxpr_equations"}
+  assert profile["jaxpr_equations"] > 20  # three layers' forward and backward, AdamW, metrics
+  # The abstract arguments carry the shardings, so the AOT compile runs on the real, placed values
+  # and computes what `fit`'s first step computes.
+  state = jax.device_put(program.state, program.state_sharding)
+  frozen = jax.device_put(program.frozen, program.frozen_sharding)
+  _, metrics = compiled(state, frozen, trainer.to_global(batch, program.batch_sharding))
+  trainer.fit(toy_stage(), cfg, str(tmp_path))  # a fresh module: the call above donated this one's
+  assert float(metrics["loss"]) == read_metrics(str(tmp_path), "toy")[0]["loss"]
+
+
 class Interrupted(Exception):
   pass
 
