@@ -11,7 +11,8 @@ Batches are fixed random LQ faces (no input pipeline: this measures the step). T
 one: `train.distill.distill_stage` on `train.trainer.fit`, jit with NamedSharding over a ("data",
 "fsdp") mesh. On a GPU add `--setup-device cpu` (see bench_setup.py). Appends one JSON row:
 images/s and step time after the compiling step, peak memory per device, and the per-step losses
-(so runs on different meshes can be checked to follow the same curve).
+(so runs on different meshes can be checked to follow the same curve). `--stop-after setup|trace|compile`
+stops early (see benchmarks/run_sd21_h200.sh for chaining the stages over calls).
 """
 
 from __future__ import annotations
@@ -70,8 +71,10 @@ def main() -> None:
   parser.add_argument("--setup-cache", default=None, help="QDIR of the student: loaded if present, else written")
   parser.add_argument("--setup-device", default="default", choices=("default", "cpu"),
                       help="where the student is quantized (cpu: the host, then moved)")
-  parser.add_argument("--trace-only", action="store_true",
-                      help="time the step's trace and lowering, then stop (the host-side share of the compile)")
+  parser.add_argument("--stop-after", choices=("setup", "trace", "compile"),
+                      help="stop early: after the student is built (and cached), after tracing and lowering the "
+                      "step (the host's share of the compile), or after compiling it (into JAX's persistent "
+                      "cache when one is set, so a later run with the same arguments loads it)")
   parser.add_argument("--out", required=True, help="JSON-lines file the row is appended to")
   args = parser.parse_args()
   configure_logging()  # the trainer logs when its first step has compiled
@@ -79,6 +82,8 @@ def main() -> None:
   teacher, student, _, setup_s = quick_quantized(args.preset, setup_device=args.setup_device,
                                                  cache=args.setup_cache, qdlora_ranks=(16, 16))
   print(f"setup ({args.setup_device}): {setup_s:.0f} s", flush=True)
+  if args.stop_after == "setup":
+    return
   res = teacher.config.resolution
   rng = np.random.default_rng(0)
 
@@ -90,9 +95,10 @@ def main() -> None:
   head = dict(preset=args.preset, resolution=res, dtype=args.dtype, remat=args.remat, devices=jax.device_count(),
               device_kind=jax.devices()[0].device_kind, mesh=dict(data=args.mesh_data, fsdp=args.mesh_fsdp),
               global_batch=args.batch, setup_s=setup_s, setup_device=args.setup_device)
-  if args.trace_only:
+  if args.stop_after in ("trace", "compile"):
     program = build_train_program(stage, config.train, make_mesh(args.mesh_data, args.mesh_fsdp))
-    return write_row(dict(head, compile_profile=compile_train_step(program, batches[0], compile=False)[1]), args.out)
+    _, profile = compile_train_step(program, batches[0], compile=args.stop_after == "compile")
+    return write_row(dict(head, stopped_after=args.stop_after, compile_profile=profile), args.out)
   with tempfile.TemporaryDirectory() as workdir:
     result = fit(stage, config.train, workdir)
     records = read_metrics(workdir, "qdlora")
