@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import os
 import re
-from typing import Callable, Iterator, Literal, Sequence, TypeVar
+from typing import Callable, Iterator, Literal, Sequence
 
 from flax import nnx
 
@@ -128,9 +128,6 @@ def set_module(model: nnx.Module, path: str, new: nnx.Module) -> None:
     parent[int(key)] = new
   else:
     setattr(parent, key, new)
-
-
-_T = TypeVar('_T')
 
 
 def replace_layers(model: nnx.Module, layers: Sequence[tuple[str, nnx.Module]],
