@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Trains the mini OSDFace (3 FP stages, configs/mini.py) on one H200 in < 8 min; writes to $OUT:
+# Trains the mini OSDFace (configs/mini.py: vae, vre, unet in < 8 min, then joint in 7) on one H200, over
+# two calls when all four stages run (the second resumes from the first's checkpoints.tar); writes to $OUT:
 # model.safetensors + config.json (fp16, -> quantface_jax/assets/mini/), metrics.jsonl, checkpoints.tar,
 # val_grid.png, summary.json, train.log.
 #
@@ -19,4 +20,5 @@ python benchmarks/train_mini.py --out "$OUT" --resume runs/mini/checkpoints.tar 
   stage.vae.steps=20000 stage.vae.time_budget_s=125 \
   stage.vre.steps=10000 stage.vre.time_budget_s=40 \
   stage.unet.steps=40000 stage.unet.time_budget_s=265 \
+  stage.joint.steps=40000 stage.joint.time_budget_s=420 \
   "$@" 2>&1 | tee "$OUT/train.log"
