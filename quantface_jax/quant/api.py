@@ -48,7 +48,8 @@ def quantize(model: nnx.Module, recipe: Recipe, *,
       measured exactly (quantization off) instead of estimated from the statistics.
     progress: progress bars for the calibration passes.
     workers: threads quantizing layers in parallel (default: the host's cores, at most 16); the
-      result does not depend on it.
+      result does not depend on it. Each busy thread holds float64 copies of its layer for the
+      low-rank split (up to ~0.5 GB for sd21's largest convs): lower it on a host short of memory.
   """
   if calibration is not None and not isinstance(calibration, CalibrationStats):
     batches = list(calibration)
