@@ -30,7 +30,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench_setup import quick_quantized  # pylint: disable=wrong-import-position
+import bench_setup  # pylint: disable=wrong-import-position
 from quantface_jax.cli import configure_logging  # pylint: disable=wrong-import-position
 from quantface_jax.train.distill import distill_stage  # pylint: disable=wrong-import-position
 from quantface_jax.train.logging import read_metrics  # pylint: disable=wrong-import-position
@@ -68,9 +68,7 @@ def main() -> None:
   parser.add_argument("--remat", action="store_true", help="recompute block activations (less memory)")
   parser.add_argument("--mesh-data", type=int, default=-1)
   parser.add_argument("--mesh-fsdp", type=int, default=1)
-  parser.add_argument("--setup-cache", default=None, help="QDIR of the student: loaded if present, else written")
-  parser.add_argument("--setup-device", default="default", choices=("default", "cpu"),
-                      help="where the student is quantized (cpu: the host, then moved)")
+  bench_setup.add_setup_arguments(parser)
   parser.add_argument("--stop-after", choices=("setup", "trace", "compile"),
                       help="stop early: after the student is built (and cached), after tracing and lowering the "
                       "step (the host's share of the compile), or after compiling it (into JAX's persistent "
@@ -79,9 +77,7 @@ def main() -> None:
   args = parser.parse_args()
   configure_logging()  # the trainer logs when its first step has compiled
 
-  teacher, student, _, setup_s = quick_quantized(args.preset, setup_device=args.setup_device,
-                                                 cache=args.setup_cache, qdlora_ranks=(16, 16))
-  print(f"setup ({args.setup_device}): {setup_s:.0f} s", flush=True)
+  teacher, student, _, setup_s = bench_setup.from_args(args, qdlora_ranks=(16, 16))
   if args.stop_after == "setup":
     return
   res = teacher.config.resolution

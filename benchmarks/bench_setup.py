@@ -11,6 +11,7 @@ benchmark process loads.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -69,3 +70,18 @@ def quick_quantized(preset: str, *, setup_device: str = "default", cache: str | 
   jax.block_until_ready((nnx.state(fp), nnx.state(student)))
   log.info("models ready on %s after %.0f s", jax.devices()[0], time.perf_counter() - start)
   return fp, student, recipe, time.perf_counter() - start
+
+
+def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
+  """--setup-device and --setup-cache, which `from_args` reads."""
+  parser.add_argument("--setup-cache", default=None, help="QDIR of the student: loaded if present, else written")
+  parser.add_argument("--setup-device", default="default", choices=("default", "cpu"),
+                      help="where the student is quantized (cpu: the host, then moved)")
+
+
+def from_args(args: argparse.Namespace, *, qdlora_ranks: tuple[int, int] | None = None):
+  """`quick_quantized` for ``args.preset`` with the `add_setup_arguments` flags; prints the setup time."""
+  models = quick_quantized(args.preset, setup_device=args.setup_device, cache=args.setup_cache,
+                           qdlora_ranks=qdlora_ranks)
+  print(f"setup ({args.setup_device}): {models[-1]:.0f} s", flush=True)
+  return models

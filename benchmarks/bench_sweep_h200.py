@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from quantface_jax.alloc.allocate import allocatable_paths  # pylint: disable=wrong-import-position
 from quantface_jax.alloc.sensitivity import sensitivity_sweep  # pylint: disable=wrong-import-position
-from bench_setup import quick_quantized  # pylint: disable=wrong-import-position
+import bench_setup  # pylint: disable=wrong-import-position
 from quantface_jax.cli import configure_logging  # pylint: disable=wrong-import-position
 
 
@@ -38,16 +38,12 @@ def main() -> None:
   parser.add_argument("--chunk-size", type=int, default=8, help="configurations per call")
   parser.add_argument("--batch-size", type=int, default=None, help="configurations vmapped")
   parser.add_argument("--smoke", action="store_true", help="8 layers only (a quick check)")
-  parser.add_argument("--setup-cache", default=None, help="QDIR of the student: loaded if present, else written")
-  parser.add_argument("--setup-device", default="default", choices=("default", "cpu"),
-                      help="where the model is quantized (cpu: the host, then moved)")
+  bench_setup.add_setup_arguments(parser)
   parser.add_argument("--out", required=True)
   args = parser.parse_args()
   configure_logging()
 
-  fp, model, recipe, setup_s = quick_quantized(args.preset, setup_device=args.setup_device,
-                                               cache=args.setup_cache)
-  print(f"setup ({args.setup_device}): {setup_s:.0f} s", flush=True)
+  fp, model, recipe, setup_s = bench_setup.from_args(args)
   res = fp.config.resolution
   lq = np.random.default_rng(0).uniform(-1, 1, (args.faces, res, res, 3)).astype(np.float32)
   paths = allocatable_paths(fp, recipe)

@@ -158,10 +158,13 @@ class TrainProgram:
 
   def abstract_args(self, batch: Batch) -> tuple:
     """(state, frozen, batch) as sharded ShapeDtypeStructs: what `step.trace` takes without data."""
-    spec = lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s)
-    return (jax.tree.map(spec, self.state, self.state_sharding),
-            jax.tree.map(spec, self.frozen, self.frozen_sharding),
-            {k: spec(v, self.batch_sharding) for k, v in batch.items()})
+    return (abstract(self.state, self.state_sharding), abstract(self.frozen, self.frozen_sharding),
+            {k: abstract(v, self.batch_sharding) for k, v in batch.items()})
+
+
+def abstract(tree, shardings):
+  """`tree`'s leaves as ShapeDtypeStructs placed by `shardings` (a matching tree, or one sharding for a leaf)."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings)
 
 
 def build_train_program(stage: Stage, config: ml_collections.ConfigDict, mesh) -> TrainProgram:
@@ -301,7 +304,7 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
   try:
     latest = manager.latest_step()
     if latest is not None:
-      target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh)
+      target = abstract(state, state_sh)
       state = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
       writer.truncate_after(latest)
     else:
