@@ -12,7 +12,8 @@ one: `train.distill.distill_stage` on `train.trainer.fit`, jit with NamedShardin
 "fsdp") mesh. On a GPU add `--setup-device cpu` (see bench_setup.py). Appends one JSON row:
 images/s and step time after the compiling step, peak memory per device, and the per-step losses
 (so runs on different meshes can be checked to follow the same curve). `--stop-after setup|trace|compile`
-stops early (see benchmarks/run_sd21_h200.sh for chaining the stages over calls).
+stops early (see benchmarks/run_sd21_h200.sh for chaining the stages over calls). `--profile-steps 3,4`
+adds the 25 heaviest device ops of those steps (`train.profiling`), to say where a slow step goes.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def run_config(args) -> ml_collections.ConfigDict:
       steps=args.steps, batch_size=args.batch, lr=1e-4, warmup_steps=2, final_lr_fraction=0.05,
       weight_decay=0.0, b1=0.9, b2=0.99, grad_clip=1.0, seed=0, log_every=1,
       checkpoint_every=10**9, keep_checkpoints=1, eval_every=0, prefetch=2, progress=True,
-      time_budget_s=0.0, feature_kind="l1", remat=args.remat,
+      time_budget_s=0.0, feature_kind="l1", remat=args.remat, profile_steps=args.profile_steps,
       weights=dict(latent=1.0, l1=1.0, sobel=0.5, feature=0.1),
       mesh=dict(data=args.mesh_data, fsdp=args.mesh_fsdp)))
   return c
@@ -73,11 +74,15 @@ def main() -> None:
                       help="stop early: after the student is built (and cached), after tracing and lowering the "
                       "step (the host's share of the compile), or after compiling it (into JAX's persistent "
                       "cache when one is set, so a later run with the same arguments loads it)")
+  parser.add_argument("--profile-steps", type=lambda s: tuple(int(x) for x in s.split(",")), default=None,
+                      help="FIRST,LAST: trace these steps (1-based) and put the heaviest ops per step in the row")
   parser.add_argument("--out", required=True, help="JSON-lines file the row is appended to")
   args = parser.parse_args()
   configure_logging()  # the trainer logs when its first step has compiled
 
-  teacher, student, _, setup_s = bench_setup.from_args(args, qdlora_ranks=(16, 16))
+  # A setup-only run just leaves the cached PTQ student: the QD-LoRA split is redone on loading.
+  ranks = None if args.stop_after == "setup" else (16, 16)
+  teacher, student, _, setup_s = bench_setup.from_args(args, qdlora_ranks=ranks)
   if args.stop_after == "setup":
     return
   res = teacher.config.resolution
@@ -102,7 +107,7 @@ def main() -> None:
   write_row(dict(head, steps=result.steps_run, images_per_s=rate * args.batch, step_ms=1e3 / rate,
                  train_s=result.seconds, compile_profile=result.compile_profile,
                  peak_mem_gb_per_device=peak_memory_gb(),
-                 losses=[r["loss"] for r in records]), args.out)
+                 losses=[r["loss"] for r in records], step_profile=result.step_profile[:25]), args.out)
 
 
 def write_row(row: dict, path: str) -> None:

@@ -56,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.calibrate_steps = 20  # steps timed (after the compiled first) to fit a time budget
   c.train.reserve_s = 15.0  # seconds of a stage's time budget kept for the final validation and save
   c.train.progress = True
+  c.train.profile_steps = ()  # (first, last): trace these steps into WORKDIR/<stage>/profile (train.profiling)
   c.train.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
 
   c.stage = ml_collections.ConfigDict()

@@ -242,14 +242,21 @@ def im2col(xp, kh: int, kw: int, stride: int):
 def int_conv2d_xla(xq, wq, *, a_scale, w_scale, bias=None, a_zero=None, w_colsum=None,
                    lowrank_x=None, lowrank_l2=None, stride: int = 1, padding: int = 1,
                    out_dtype=jnp.float32):
-    """Integer conv by XLA: ``lax.conv_general_dilated`` int8 NHWC x int8 HWIO -> int32 (cuDNN int8
-    on GPU when it takes it), then the GEMM epilogue with per-tensor ``a_scale``/``a_zero``
-    (scalars), per-C_out ``w_scale`` [C_out] and ``bias`` [C_out] -> ``out_dtype`` NHWC.
-    ``w_colsum`` int32 [C_out] (sum of wq over kh, kw, C_in) is computed here unless given;
-    ``lowrank_x`` f32 [B*Ho*Wo, r] with ``lowrank_l2`` [r, C_out] as in `int_matmul`."""
+    """Integer conv by XLA: ``lax.conv_general_dilated`` int8 NHWC x int8 HWIO with int32
+    accumulation, converted to f32 at once, then the GEMM epilogue with per-tensor
+    ``a_scale``/``a_zero`` (scalars), per-C_out ``w_scale`` [C_out] and ``bias`` [C_out] ->
+    ``out_dtype`` NHWC. ``w_colsum`` int32 [C_out] (sum of wq over kh, kw, C_in) is computed here
+    unless given; ``lowrank_x`` f32 [B*Ho*Wo, r] with ``lowrank_l2`` [r, C_out] as in `int_matmul`.
+
+    The immediate f32 conversion is the only int8 conv cuDNN runs (XLA fuses a convert to f32 that
+    is the int32 conv's one user into an int8 -> f32 cuDNN conv; anything else between them fails
+    to compile on GPU). It is exact while |sum| < 2**24, which holds for every W4 conv up to
+    K = kh·kw·C_in = 16384 (|code products| <= 128·8) — all of sd21's — and for W8 up to K = 1024;
+    beyond, the accumulator is rounded to 24 bits, as cuDNN itself does."""
     acc = lax.conv_general_dilated(
         pad_codes(xq, padding, a_zero), wq, (stride, stride), "VALID",
         dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.int32)
+    acc = acc.astype(jnp.float32)
     b, ho, wo, c_out = acc.shape
     rows = b * ho * wo
     if a_zero is not None and w_colsum is None:

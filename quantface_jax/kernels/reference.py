@@ -19,7 +19,7 @@ def gemm_epilogue(acc, a_scale, w_scale, *, a_zero=None, w_colsum=None, bias=Non
                   lowrank_x=None, lowrank_l2=None, out_dtype=jnp.float32):
     """int32 accumulator tile -> output tile.
 
-    Shapes (tile or full array): ``acc`` int32 [m, n]; ``a_scale`` f32 [m, 1]; ``w_scale`` f32 [1, n];
+    Shapes (tile or full array): ``acc`` int32 [m, n] (or f32 holding the integers: the XLA conv); ``a_scale`` f32 [m, 1]; ``w_scale`` f32 [1, n];
     ``a_zero`` int32 [m, 1]; ``w_colsum`` int32 [1, n] (= sum_k W[k, n]); ``bias`` f32 [1, n];
     ``lowrank_x`` f32 [m, r] (= x_fp @ L1, computed outside); ``lowrank_l2`` f32 [r, n].
 

@@ -31,6 +31,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from quantface_jax.train import mesh as mesh_lib
+from quantface_jax.train import profiling
 from quantface_jax.train.logging import MetricsWriter
 
 log = logging.getLogger("quantface")
@@ -74,6 +75,7 @@ class FitResult:
   train_metrics: dict[str, float]  # the last step's metrics
   val_metrics: dict[str, float]  # the final validation means (empty if no eval_fn)
   compile_profile: dict[str, float]  # `compile_train_step`'s phase times (empty when no step ran)
+  step_profile: list[dict]  # `profiling.summarize_trace` rows of config.profile_steps (empty if unset)
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict):
@@ -198,9 +200,11 @@ def _count_equations(jaxpr) -> int:
 def compile_train_step(program: TrainProgram, batch: Batch, *, compile: bool = True):
   """Ahead-of-time compiles `program.step` for batches shaped like `batch`, timing each phase.
 
-  Returns (the compiled step, or None with compile=False; {trace_s, lower_s[, compile_s],
-  jaxpr_equations}). Runs on abstract values: nothing is placed on a device. The compiled step takes
-  exactly the shardings of `program` (what `fit` feeds it).
+  Returns (the compiled step, or None with compile=False; {trace_s, lower_s[, compile_s,
+  temp_gb, argument_gb], jaxpr_equations}). Runs on abstract values: nothing is placed on a device.
+  The compiled step takes exactly the shardings of `program` (what `fit` feeds it). temp_gb and
+  argument_gb are XLA's buffer assignment per device (scratch, and the inputs), so a step's memory
+  is known before it runs.
   """
   t0 = time.perf_counter()
   traced = program.step.trace(*program.abstract_args(batch))
@@ -212,6 +216,9 @@ def compile_train_step(program: TrainProgram, batch: Batch, *, compile: bool = T
     return None, profile
   compiled = lowered.compile()
   profile["compile_s"] = time.perf_counter() - t2
+  memory = compiled.memory_analysis()
+  if memory is not None:  # None where a backend does not report it
+    profile.update(temp_gb=memory.temp_size_in_bytes / 2**30, argument_gb=memory.argument_size_in_bytes / 2**30)
   return compiled, profile
 
 
@@ -286,7 +293,8 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
   state, so a resumed run keeps it.
   Reads config: steps, lr, warmup_steps, final_lr_fraction, weight_decay, b1, b2, grad_clip, seed,
   log_every, checkpoint_every, eval_every (0: only at the end), prefetch, progress (tqdm on/off),
-  time_budget_s, calibrate_steps, mesh.data, mesh.fsdp.
+  time_budget_s, calibrate_steps, mesh.data, mesh.fsdp, profile_steps ((first, last) steps traced by
+  `profiling.StepProfiler` into ``workdir/<stage>/profile``; unset or () traces nothing).
   """
   t_begin = time.perf_counter()
   mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
@@ -300,6 +308,7 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
 
   manager = _checkpoint_manager(os.path.join(workdir, stage.name, "checkpoints"), config)
   writer = MetricsWriter(workdir, stage.name)
+  profiler = profiling.StepProfiler(config.get("profile_steps", None), os.path.join(workdir, stage.name, "profile"))
   batches = None
   try:
     latest = manager.latest_step()
@@ -334,8 +343,10 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
         log.info("%s: step compiled in %.0f s (trace %.0f s, lower %.0f s, XLA %.0f s; %d jaxpr equations)",
                  stage.name, sum(v for k, v in compile_profile.items() if k.endswith("_s")),
                  *(compile_profile[k] for k in ("trace_s", "lower_s", "compile_s", "jaxpr_equations")))
+      profiler.before(done + 1)
       state, metrics = train_step(state, frozen, to_global(batch, batch_sh))
       done += 1
+      profiler.after(done, (state, metrics))
       bar.update(1)
       if done == start + 1:
         jax.block_until_ready(metrics)
@@ -368,6 +379,7 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
     bar.close()
     seconds = time.perf_counter() - t0
   finally:
+    profiler.close()
     if batches is not None:
       batches.close()
     manager.wait_until_finished()
@@ -375,4 +387,5 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
     writer.close()
   nnx.update(stage.module, state.params)
   return FitResult(module=stage.module, steps_run=done - start, seconds=seconds,
-                   train_metrics=train_metrics, val_metrics=val_metrics, compile_profile=compile_profile)
+                   train_metrics=train_metrics, val_metrics=val_metrics, compile_profile=compile_profile,
+                   step_profile=profiler.summary)

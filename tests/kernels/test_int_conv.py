@@ -1,5 +1,6 @@
-import numpy as np
+import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from quantface_jax.kernels import GemmBlocks, int_conv2d
@@ -21,3 +22,25 @@ def test_int_conv2d_exact(backend, stride, padding, zero):
                                 backend=backend, blocks=GemmBlocks(block_m=64, block_n=32), **kw))
     assert got.shape == ref.shape
     np.testing.assert_array_equal(got, ref)
+
+
+def test_xla_conv_has_the_cudnn_int8_idiom():
+    """On GPU XLA runs an int8 conv only when its int32 result's one user is a convert to f32
+    (anything else between them does not compile): check the traced program has that shape."""
+    xq = jnp.zeros((1, 8, 8, 16), jnp.int8)
+    wq = jnp.zeros((3, 3, 16, 8), jnp.int8)
+    jaxpr = jax.make_jaxpr(lambda x, w: int_conv2d(
+        x, w, a_scale=1.0, w_scale=jnp.ones(8), a_zero=jnp.int32(3), backend="xla"))(xq, wq).jaxpr
+    def jaxprs(j):  # j and the jaxprs nested in its equations (jit, custom_vjp, ...)
+        yield j
+        for e in j.eqns:
+            for sub in e.params.values():
+                if hasattr(getattr(sub, "jaxpr", sub), "eqns"):
+                    yield from jaxprs(getattr(sub, "jaxpr", sub))
+
+    (eqns,) = [j.eqns for j in jaxprs(jaxpr) if any(e.primitive.name == "conv_general_dilated" for e in j.eqns)]
+    (conv,) = [e for e in eqns if e.primitive.name == "conv_general_dilated"]
+    assert conv.invars[0].aval.dtype == jnp.int8 and conv.invars[1].aval.dtype == jnp.int8
+    users = [e for e in eqns if any(v is conv.outvars[0] for v in e.invars)]
+    assert [(u.primitive.name, u.params.get("new_dtype")) for u in users] == [
+        ("convert_element_type", jnp.float32)]

@@ -1,5 +1,6 @@
 """The generic trainer on a toy two-layer model: learning, trainable/frozen split, exact resume."""
 
+import json
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -109,8 +110,10 @@ def test_compiled_program_is_the_step_fit_runs(tmp_path):
   program = trainer.build_train_program(stage, cfg, trainer.mesh_lib.make_mesh())
   batch = next(toy_batches(0))
   compiled, profile = trainer.compile_train_step(program, batch)
-  assert set(profile) == {"trace_s", "lower_s", "compile_s", "jaxpr_equations"}
+  assert set(profile) == {"trace_s", "lower_s", "compile_s", "jaxpr_equations", "temp_gb", "argument_gb"}
   assert profile["jaxpr_equations"] > 20  # three layers' forward and backward, AdamW, metrics
+  inputs = (program.state, program.frozen, batch)
+  assert profile["argument_gb"] * 2**30 == sum(np.asarray(x).nbytes for x in jax.tree.leaves(inputs))
   # The abstract arguments carry the shardings, so the AOT compile runs on the real, placed values
   # and computes what `fit`'s first step computes.
   state = jax.device_put(program.state, program.state_sharding)
@@ -166,3 +169,14 @@ def test_time_budget_retimes_at_warmup_end(tmp_path, monkeypatch):
   assert timed_at == [3, 6]  # after the timed steps 2..3, then at the warmup's end
   assert result.steps_run == 16  # the second length wins
 
+
+
+def test_profiled_steps_are_summarized(tmp_path):
+  result = trainer.fit(toy_stage(), toy_config(steps=4, profile_steps=(2, 3)), str(tmp_path))
+  summary = json.loads((tmp_path / "toy" / "profile" / "profile_summary.json").read_text())
+  assert summary == result.step_profile and summary
+  assert all(row["ms_per_step"] > 0 and 0 < row["share"] <= 1 for row in summary)
+  # The CPU backend runs the step's XLA ops on host threads: the step's own work is in the rows.
+  assert any("fusion" in row["op"] or "dot" in row["op"] for row in summary)
+  with pytest.raises(ValueError, match="profile_steps"):
+    trainer.fit(toy_stage(), toy_config(steps=4, profile_steps=(3, 2)), str(tmp_path / "bad"))
