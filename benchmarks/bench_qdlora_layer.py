@@ -33,13 +33,14 @@ from flax import nnx
 
 from bench_fp import timed  # importing bench_fp puts the repo and tests/ on sys.path
 from quantface_jax.fileio import atomic_write_text
-from quantface_jax.models.layers import conv2d
+from quantface_jax.models.layers import attention, conv2d
 from quantface_jax.quant.layers import QuantConv2d, QuantLinear
 from quantface_jax.quant.qdlora import TRAINABLE, qdlora_layer
 from quantface_jax.quant.recipes import get_recipe
 from quantface_jax.train import profiling
 
-# name: (kind, spatial size or tokens, d_in, d_out); sd21 at 512² (latents 64²).
+# name: (kind, spatial size or tokens, d_in, d_out) — for attention (kind, tokens, heads, head dim);
+# sd21 at 512² (latents 64²).
 CASES = {
     "vae_conv_512px_128": ("conv", 512, 128, 128),
     "vae_conv_256px_256": ("conv", 256, 256, 256),
@@ -47,6 +48,8 @@ CASES = {
     "unet_conv_64px_320": ("conv", 64, 320, 320),
     "unet_conv_16px_1280": ("conv", 16, 1280, 1280),
     "unet_linear_4096tok_320x1280": ("linear", 4096, 320, 1280),
+    "unet_attention_4096tok_5x64": ("attention", 4096, 5, 64),
+    "vae_attention_4096tok_1x512": ("attention", 4096, 1, 512),
 }
 
 
@@ -65,6 +68,10 @@ def quantface_layer(kind: str, d_in: int, d_out: int, rng: np.random.Generator):
 def build_case(kind: str, size: int, d_in: int, d_out: int, variant: str, batch: int):
   """(loss-and-grad function, its arguments, forward GFLOP of the main GEMM/conv)."""
   rng = np.random.default_rng(0)
+  if kind == "attention":  # size tokens, d_in heads of d_out channels; no quantized variant
+    qkv = tuple(jnp.asarray(rng.standard_normal((batch, size, d_in * d_out)), jnp.bfloat16) for _ in range(3))
+    loss = lambda q, k, v: jnp.mean(jnp.square(attention(q, k, v, d_in).astype(jnp.float32)))
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))), qkv, 2 * 2 * batch * size**2 * d_in * d_out / 1e9
   x_shape = (batch, size, size, d_in) if kind == "conv" else (batch, size, d_in)
   x = jnp.asarray(rng.standard_normal(x_shape), jnp.bfloat16)
   pixels = batch * (size * size if kind == "conv" else size)
@@ -87,7 +94,10 @@ def build_case(kind: str, size: int, d_in: int, d_out: int, variant: str, batch:
 def run(case: str, variant: str, level: int | None, args) -> dict:
   kind, size, d_in, d_out = CASES[case]
   size = max(size // args.scale, 4) if kind == "conv" else max(size // args.scale, 1)
-  fn, fn_args, gflop = build_case(kind, size, d_in // args.scale, d_out // args.scale, variant, args.batch)
+  if kind == "attention":  # keep the heads; a CPU check shrinks tokens and head dims only
+    fn, fn_args, gflop = build_case(kind, size, d_in, max(d_out // args.scale, 8), variant, args.batch)
+  else:
+    fn, fn_args, gflop = build_case(kind, size, d_in // args.scale, d_out // args.scale, variant, args.batch)
   t0 = time.perf_counter()
   options = {"xla_gpu_autotune_level": level} if level is not None else None
   compiled = fn.lower(*fn_args).compile(compiler_options=options)
@@ -124,6 +134,8 @@ def main() -> None:
   rows = json.loads(out.read_text()) if out.exists() else []
   for case in args.cases.split(","):
     for variant in args.variants.split(","):
+      if variant != "fp" and CASES[case][0] == "attention":
+        continue  # the attention core is not quantized
       for level in levels:
         rows.append(run(case, variant, level, args))
         atomic_write_text(out, json.dumps(rows, indent=1))
