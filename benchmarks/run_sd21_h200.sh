@@ -2,8 +2,8 @@
 # sd21-shape figures of QD-LoRA (issue 5) and the sensitivity sweep (issue 6) on the lent H200, random
 # weights, 512² faces; one process per part (clean peak memory), each in what is left of DEADLINE.
 # Usage (device tool, carrying the wheels in .whl): bash benchmarks/run_sd21_h200.sh [PART ...]
-#   parts: qdlora_b8 (plain step, batch 8)  qdlora_remat_b16 (rematerialized, batch 16)  sweep
-#   default: sweep qdlora_b8
+#   parts: qdlora_bN (plain step, batch N, e.g. qdlora_b8)  qdlora_remat_bN (blocks rematerialized)  sweep
+#   default: sweep qdlora_b8; QDLORA_ARGS adds bench_qdlora.py flags (e.g. "--profile-steps 3,4")
 #   A QD-LoRA part written PART:setup or PART:compile stops there, leaving the student QDIR (setup) or
 #   also the compiled step (compile, in the persistent cache) in /tmp for the next call on the same
 #   warm machine: the sd21 step does not fit one 10-minute call cold, so chain
@@ -28,11 +28,12 @@ for part in $parts; do
   stop=()  # PART:STAGE stops after STAGE (setup | trace | compile): bench_qdlora.py --stop-after
   if [[ $part == *:* ]]; then stop=(--stop-after "${part#*:}"); fi
   case ${part%%:*} in
-    qdlora_b8) cmd=(benchmarks/bench_qdlora.py --preset sd21 --batch 8 --steps 6 "${setup[@]}" "${stop[@]}"
-        --out "$OUT/qdlora_sd21.jsonl")
-      flags=$qdlora_xla_flags ;;
-    qdlora_remat_b16) cmd=(benchmarks/bench_qdlora.py --preset sd21 --batch 16 --steps 6 --remat "${setup[@]}" "${stop[@]}"
-        --out "$OUT/qdlora_sd21.jsonl")
+    qdlora_b[0-9]*|qdlora_remat_b[0-9]*)
+      name=${part%%:*}
+      remat=(); if [[ $name == qdlora_remat_* ]]; then remat=(--remat); fi
+      # shellcheck disable=SC2206  # QDLORA_ARGS is split on purpose (e.g. "--profile-steps 3,4")
+      cmd=(benchmarks/bench_qdlora.py --preset sd21 --batch "${name##*_b}" --steps 6 "${remat[@]}" "${setup[@]}"
+        "${stop[@]}" ${QDLORA_ARGS:-} --out "$OUT/qdlora_sd21.jsonl")
       flags=$qdlora_xla_flags ;;
     sweep) cmd=(benchmarks/bench_sweep_h200.py --preset sd21 "${setup[@]}" --out "$OUT/sweep_sd21.json") ;;
     *) echo "unknown part $part"; exit 2 ;;

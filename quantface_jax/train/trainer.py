@@ -340,9 +340,11 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
         data_wait += time.perf_counter() - t_wait
       if train_step is None:  # compiled ahead of time, so the log can say where the time went
         train_step, compile_profile = compile_train_step(program, batch)
-        log.info("%s: step compiled in %.0f s (trace %.0f s, lower %.0f s, XLA %.0f s; %d jaxpr equations)",
+        log.info("%s: step compiled in %.0f s (trace %.0f s, lower %.0f s, XLA %.0f s; %d jaxpr equations; "
+                 "XLA's memory plan per device: %.1f GB scratch + %.1f GB arguments)",
                  stage.name, sum(v for k, v in compile_profile.items() if k.endswith("_s")),
-                 *(compile_profile[k] for k in ("trace_s", "lower_s", "compile_s", "jaxpr_equations")))
+                 *(compile_profile.get(k, float("nan")) for k in
+                   ("trace_s", "lower_s", "compile_s", "jaxpr_equations", "temp_gb", "argument_gb")))
       profiler.before(done + 1)
       state, metrics = train_step(state, frozen, to_global(batch, batch_sh))
       done += 1
