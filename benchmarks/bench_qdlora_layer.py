@@ -10,7 +10,8 @@ of compile each. Per case (a conv or linear of the UNet/VAE at batch --batch, bf
            QD-LoRA step runs for every quantized layer
 
 Each (case, variant) is compiled once per level in --levels (``compiler_options``, one process;
-ignored off GPU) and timed (median of --iters), with the heaviest device ops of two traced calls
+ignored off GPU) and timed (median of --iters; one call when the first takes > 2 s), with the
+heaviest device ops of two traced calls (one if slow)
 (`quantface_jax.train.profiling`). Rows {case, variant, level, compile_s, first_ms (the first call:
 cuDNN may build kernels then), ms, gflop, tflops, top_ops} go to the JSON list --out.
 
@@ -51,6 +52,9 @@ CASES = {
     "unet_attention_4096tok_5x64": ("attention", 4096, 5, 64),
     "vae_attention_4096tok_1x512": ("attention", 4096, 1, 512),
 }
+
+
+SLOW_MS = 2000.0  # a call this slow is timed once and traced once
 
 
 def quantface_layer(kind: str, d_in: int, d_out: int, rng: np.random.Generator):
@@ -105,13 +109,15 @@ def run(case: str, variant: str, level: int | None, args) -> dict:
   t0 = time.perf_counter()
   jax.block_until_ready(compiled(*fn_args))  # may build cuDNN's runtime-compiled kernels
   first_ms = (time.perf_counter() - t0) * 1e3
-  ms = timed(lambda: compiled(*fn_args), jax.block_until_ready, warmup=0, iters=args.iters)
+  calls = args.iters if first_ms < SLOW_MS else 1  # a pathological case must not eat the call
+  ms = timed(lambda: compiled(*fn_args), jax.block_until_ready, warmup=0, iters=calls)
+  traced = 2 if ms < SLOW_MS else 1
   with tempfile.TemporaryDirectory() as trace_dir:
     jax.profiler.start_trace(trace_dir)
-    for _ in range(2):
+    for _ in range(traced):
       jax.block_until_ready(compiled(*fn_args))
     jax.profiler.stop_trace()
-    top = profiling.summarize_trace(trace_dir, steps=2, top=4)
+    top = profiling.summarize_trace(trace_dir, steps=traced, top=4)
   row = dict(case=case, variant=variant, level=level, batch=args.batch, scale=args.scale, compile_s=compile_s,
              first_ms=first_ms, ms=ms, gflop=gflop, tflops=3 * gflop / ms,  # forward + two backward GEMMs/convs
              top_ops=[{k: r[k] for k in ("op", "ms_per_step", "source") if k in r} for r in top])
@@ -127,8 +133,10 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--scale", type=int, default=1, help="divide sizes and channels by this (CPU checks)")
   parser.add_argument("--iters", type=int, default=5)
+  parser.add_argument("--budget-s", type=float, default=480.0, help="start no new case after this many seconds")
   parser.add_argument("--out", required=True, help="JSON list the rows are appended to (rewritten after each)")
   args = parser.parse_args()
+  start = time.perf_counter()
   levels = [int(v) for v in args.levels.split(",")] if jax.default_backend() == "gpu" else [None]
   out = pathlib.Path(args.out)
   rows = json.loads(out.read_text()) if out.exists() else []
@@ -137,6 +145,9 @@ def main() -> None:
       if variant != "fp" and CASES[case][0] == "attention":
         continue  # the attention core is not quantized
       for level in levels:
+        if time.perf_counter() - start > args.budget_s:
+          print(f"budget of {args.budget_s:.0f} s spent: {case}/{variant}/level {level} and later not run", flush=True)
+          return
         rows.append(run(case, variant, level, args))
         atomic_write_text(out, json.dumps(rows, indent=1))
 
