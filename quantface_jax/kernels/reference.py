@@ -19,13 +19,15 @@ def gemm_epilogue(acc, a_scale, w_scale, *, a_zero=None, w_colsum=None, bias=Non
                   lowrank_x=None, lowrank_l2=None, out_dtype=jnp.float32):
     """int32 accumulator tile -> output tile.
 
-    Shapes (tile or full array): ``acc`` int32 [m, n] (or f32 holding the integers: the XLA conv); ``a_scale`` f32 [m, 1]; ``w_scale`` f32 [1, n];
-    ``a_zero`` int32 [m, 1]; ``w_colsum`` int32 [1, n] (= sum_k W[k, n]); ``bias`` f32 [1, n];
-    ``lowrank_x`` f32 [m, r] (= x_fp @ L1, computed outside); ``lowrank_l2`` f32 [r, n].
+    Shapes (tile or full array): ``acc`` int32 [m, n] (or f32 holding the integers: the XLA conv);
+    ``a_scale`` f32 [m, 1]; ``w_scale`` f32 [1, n]; ``a_zero`` int32 [m, 1]; ``w_colsum`` int32
+    [1, n] (= sum_k W[k, n]); ``bias`` f32 [1, n]; ``lowrank_x`` f32 [m, r] (= x_fp @ L1, computed
+    outside); ``lowrank_l2`` f32 [r, n].
 
         y = f32(acc - a_zero * w_colsum) * a_scale * w_scale + bias + lowrank_x @ lowrank_l2
 
-    The zero-point correction is exact int32 arithmetic; everything after it is float32.
+    The zero-point correction is exact int32 arithmetic for an int32 ``acc`` (float32 for an f32
+    one: exact while the values stay below 2**24); everything after it is float32.
     """
     if a_zero is not None:
         acc = acc - a_zero * w_colsum

@@ -69,12 +69,13 @@ def _is_op(name: str) -> bool:
 
 class StepProfiler:
   """Traces steps [first, last] of a loop: call `before(step)` and `after(step, outputs)` around each
-  step (1-based) and `close()` at the end; the summary is written after `last` (see module doc)."""
+  step (1-based) and `close()` at the end; the summary is written after `last` (see module doc).
+  On a multi-host run only process 0 traces (its devices run the same program as the others')."""
 
   def __init__(self, steps: tuple[int, int] | None, directory: str):
     if steps and not 1 <= steps[0] <= steps[1]:
       raise ValueError(f"profile_steps must be (first, last) with 1 <= first <= last, got {tuple(steps)}")
-    self.steps = tuple(steps) if steps else None
+    self.steps = tuple(steps) if steps and jax.process_index() == 0 else None
     self.directory = directory
     self.summary: list[dict] = []
     self._tracing = False
