@@ -55,6 +55,27 @@ def run_config(args) -> ml_collections.ConfigDict:
   return c
 
 
+def emulate_flash_attention_memory(chunk: int = 512) -> None:
+  """For CPU memory plans that stand for the GPU's: on the GPU the UNet's self-attention runs as
+  cuDNN flash attention, which never holds the (B, heads, L, L) scores; XLA's CPU attention does.
+  This swaps the UNet's attention for one that runs query chunks of `chunk` rows one after another
+  under `jax.checkpoint` (same values; scores held for one chunk at a time), where the cuDNN path
+  would apply (both lengths multiples of 64). CPU memory-plan estimates only."""
+  from quantface_jax.models import unet
+
+  dense = unet.attention
+
+  def chunked(q, k, v, num_heads):
+    b, length, width = q.shape
+    if length % 64 or k.shape[1] % 64 or length % chunk:
+      return dense(q, k, v, num_heads)
+    one = jax.checkpoint(lambda qc: dense(qc, k, v, num_heads))
+    out = jax.lax.map(one, q.reshape(b, length // chunk, chunk, width).swapaxes(0, 1))
+    return out.swapaxes(0, 1).reshape(b, length, width)
+
+  unet.attention = chunked
+
+
 def peak_memory_gb() -> list[float]:
   stats = [d.memory_stats() or {} for d in jax.local_devices()]
   return [round(s.get("peak_bytes_in_use", 0) / 2**30, 2) for s in stats]
@@ -76,9 +97,14 @@ def main() -> None:
                       "cache when one is set, so a later run with the same arguments loads it)")
   parser.add_argument("--profile-steps", type=lambda s: tuple(int(x) for x in s.split(",")), default=None,
                       help="FIRST,LAST: trace these steps (1-based) and put the heaviest ops per step in the row")
+  parser.add_argument("--emulate-flash-memory", action="store_true",
+                      help="CPU memory-plan estimates: UNet attention in checkpointed query chunks, as "
+                      "little held memory as the GPU's cuDNN flash path")
   parser.add_argument("--out", required=True, help="JSON-lines file the row is appended to")
   args = parser.parse_args()
   configure_logging()  # the trainer logs when its first step has compiled
+  if args.emulate_flash_memory:
+    emulate_flash_attention_memory()
 
   # A setup-only run just leaves the cached PTQ student: the QD-LoRA split is redone on loading.
   ranks = None if args.stop_after == "setup" else (16, 16)
@@ -95,7 +121,8 @@ def main() -> None:
   stage = distill_stage(student, teacher, config, stream, [])
   head = dict(preset=args.preset, resolution=res, dtype=args.dtype, remat=args.remat, devices=jax.device_count(),
               device_kind=jax.devices()[0].device_kind, mesh=dict(data=args.mesh_data, fsdp=args.mesh_fsdp),
-              global_batch=args.batch, setup_s=setup_s, setup_device=args.setup_device)
+              global_batch=args.batch, setup_s=setup_s, setup_device=args.setup_device,
+              emulated_flash_memory=args.emulate_flash_memory)
   if args.stop_after in ("trace", "compile"):
     program = build_train_program(stage, config.train, make_mesh(args.mesh_data, args.mesh_fsdp))
     _, profile = compile_train_step(program, batches[0], compile=args.stop_after == "compile")
