@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import flax.struct
 import jax
+import jax.extend
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -186,15 +187,8 @@ def build_train_program(stage: Stage, config: ml_collections.ConfigDict, mesh) -
 
 def _count_equations(jaxpr) -> int:
   """Equations of a jaxpr, those of its sub-jaxprs (pjit, custom_vjp, remat, scan bodies) included."""
-  total = 0
-  for eqn in jaxpr.eqns:
-    total += 1
-    for value in eqn.params.values():
-      for sub in value if isinstance(value, (tuple, list)) else (value,):
-        inner = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
-        if hasattr(inner, "eqns"):
-          total += _count_equations(inner)
-  return total
+  return sum(1 + sum(_count_equations(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params))
+             for eqn in jaxpr.eqns)
 
 
 def compile_train_step(program: TrainProgram, batch: Batch, *, compile: bool = True):

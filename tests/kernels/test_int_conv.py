@@ -1,4 +1,5 @@
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -34,9 +35,8 @@ def test_xla_conv_has_the_cudnn_int8_idiom():
     def jaxprs(j):  # j and the jaxprs nested in its equations (jit, custom_vjp, ...)
         yield j
         for e in j.eqns:
-            for sub in e.params.values():
-                if hasattr(getattr(sub, "jaxpr", sub), "eqns"):
-                    yield from jaxprs(getattr(sub, "jaxpr", sub))
+            for sub in jax.extend.core.jaxprs_in_params(e.params):
+                yield from jaxprs(sub)
 
     (eqns,) = [j.eqns for j in jaxprs(jaxpr) if any(e.primitive.name == "conv_general_dilated" for e in j.eqns)]
     (conv,) = [e for e in eqns if e.primitive.name == "conv_general_dilated"]

@@ -170,7 +170,6 @@ def test_time_budget_retimes_at_warmup_end(tmp_path, monkeypatch):
   assert result.steps_run == 16  # the second length wins
 
 
-
 def test_profiled_steps_are_summarized(tmp_path):
   result = trainer.fit(toy_stage(), toy_config(steps=4, profile_steps=(2, 3)), str(tmp_path))
   summary = json.loads((tmp_path / "toy" / "profile" / "profile_summary.json").read_text())
