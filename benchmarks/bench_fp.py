@@ -91,7 +91,9 @@ def _jax_components(graphdef, state, lq, dtype, sync) -> dict[str, float]:
   }
 
 
-def bench_torch(preset: str, mode: str, batches: list[int], component_batches: set[int]) -> list[dict]:
+def bench_torch(preset: str, mode: str, batches: list[int], component_batches: set[int],
+                emit=None) -> list[dict]:
+  """Rows per batch size; ``emit(row)``, if given, gets each as soon as it is timed."""
   import torch
   from diffusers import AutoencoderKL, UNet2DConditionModel
   from reference.models import unet_diffusers_config, vae_diffusers_config
@@ -150,6 +152,8 @@ def bench_torch(preset: str, mode: str, batches: list[int], component_batches: s
         }
     print(json.dumps(row), flush=True)
     rows.append(row)
+    if emit:
+      emit(row)
   return rows
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import statistics
 import sys
@@ -87,6 +88,16 @@ def max_errors(got, ref) -> dict:
     return dict(max_abs_err=abs_err, max_rel_err=abs_err / max(float(np.max(np.abs(ref))), 1e-30))
 
 
+def check_errors(kernel, reference, xq, w, kw) -> dict:
+    """Errors of ``kernel`` against ``reference`` with the full epilogue (float rounding may differ
+    by an output ulp: FMA contraction, operation order), and ``acc_abs_err``: both again with unit
+    scales, no bias and f32 output, i.e. ``f32(int32 accumulator)`` alone, which must be 0."""
+    unit = {**kw, "a_scale": jnp.float32(1), "w_scale": jnp.ones_like(kw["w_scale"]), "bias": None,
+            "out_dtype": jnp.float32}
+    return {**max_errors(kernel(xq, w, **kw), reference(xq, w, **kw)),
+            "acc_abs_err": max_errors(kernel(xq, w, **unit), reference(xq, w, **unit))["max_abs_err"]}
+
+
 class Runner:
     def __init__(self, plan: Plan, rows_path: Path | None = None):
         self.plan, self.results, self.start = plan, [], time.perf_counter()
@@ -156,10 +167,9 @@ def bench_gemms(run: Runner, rng):
                         if key not in checked:
                             rows = min(m, CHECK_ROWS)
                             check_kw = {**kw, "a_scale": kw["a_scale"][:rows]}
-                            checked[key] = max_errors(
-                                int_matmul(xq[:rows], w, backend=backend, blocks=blocks,
-                                           **check_kw),
-                                int_matmul_ref(xq[:rows], w, **check_kw))
+                            checked[key] = check_errors(
+                                functools.partial(int_matmul, backend=backend, blocks=blocks),
+                                int_matmul_ref, xq[:rows], w, check_kw)
                         errs = checked[key]
                         fn = jax.jit(lambda a, b: int_matmul(a, b, backend=backend, blocks=blocks,
                                                              **kw))
@@ -190,8 +200,8 @@ def bench_conv(run: Runner, rng):
                             (p.pallas_blocks if b in ("pallas", "interpret") else (GemmBlocks(),))]:
         def body(backend=backend, blocks=blocks):
             small = xq[:1, :min(hw, 32), :min(hw, 32)]
-            errs = max_errors(int_conv2d(small, wq, backend=backend, blocks=blocks, **kw),
-                              int_conv2d_ref(small, wq, **kw))
+            errs = check_errors(functools.partial(int_conv2d, backend=backend, blocks=blocks),
+                                int_conv2d_ref, small, wq, kw)
             fn = jax.jit(lambda a, b: int_conv2d(a, b, backend=backend, blocks=blocks, **kw))
             return {**errs, **roofline(time_ms(fn, xq, wq, repeats=p.repeats), ops,
                                        3 * act_bytes, "int8")}
@@ -254,6 +264,7 @@ def _row(r: dict) -> str:
     if "error" in r:
         return f"{head} ERROR {r['error'][:90]}"
     err = f" err={r['max_rel_err']:.1e}" if "max_rel_err" in r else ""
+    err += f" acc_err={r['acc_abs_err']:g}" if "acc_abs_err" in r else ""
     return f"{head} {r['ms']:9.3f} ms {r['tops']:7.1f} TOPS {100 * r['roofline']:5.1f}% roof{err}"
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import tempfile
 import time
 
 import jax
@@ -111,16 +110,10 @@ def run(case: str, variant: str, level: int | None, args) -> dict:
   first_ms = (time.perf_counter() - t0) * 1e3
   calls = args.iters if first_ms < SLOW_MS else 1  # a pathological case must not eat the call
   ms = timed(lambda: compiled(*fn_args), jax.block_until_ready, warmup=0, iters=calls)
-  traced = 2 if ms < SLOW_MS else 1
-  with tempfile.TemporaryDirectory() as trace_dir:
-    jax.profiler.start_trace(trace_dir)
-    for _ in range(traced):
-      jax.block_until_ready(compiled(*fn_args))
-    jax.profiler.stop_trace()
-    top = profiling.summarize_trace(trace_dir, steps=traced, top=4)
+  top = profiling.trace_calls(lambda: compiled(*fn_args), calls=2 if ms < SLOW_MS else 1, top=4)
   row = dict(case=case, variant=variant, level=level, batch=args.batch, scale=args.scale, compile_s=compile_s,
              first_ms=first_ms, ms=ms, gflop=gflop, tflops=3 * gflop / ms,  # forward + two backward GEMMs/convs
-             top_ops=[{k: r[k] for k in ("op", "ms_per_step", "source") if k in r} for r in top])
+             top_ops=top)
   print(json.dumps(row), flush=True)
   return row
 

@@ -71,16 +71,18 @@ def _export(preset: str, act: str, workdir: pathlib.Path) -> None:
     print(json.dumps(dict(serve_dir=str(out), **packed_account(out))), flush=True)
 
 
-def time_jax(variants: dict, batches: list[int], iters: int, res: int) -> list[dict]:
+def time_jax(variants: dict, batches: list[int], iters: int, res: int, emit, profile_top: int = 0) -> None:
   """``variants``: name -> (load() -> model, dtype), all of one structure: their batch sizes are
-  compiled once, concurrently; then each variant x batch is timed."""
+  compiled once, concurrently; then each variant x batch is timed (and, with ``profile_top``,
+  traced: its heaviest ops go to the row's ``top_ops``) and handed to ``emit(row)``."""
   import jax
   from flax import nnx
 
   from quantface_jax.inference import cast_for_inference
+  from quantface_jax.train import profiling
 
   lqs = {b: _random_lq(b, res) for b in batches}
-  compiled, rows = {}, []
+  compiled = {}
   for variant, (load, dtype) in variants.items():
     t0 = time.perf_counter()
     model = load()
@@ -106,13 +108,14 @@ def time_jax(variants: dict, batches: list[int], iters: int, res: int) -> list[d
       row = dict(variant=variant, batch=b, faces_per_s=b / ms * 1e3, latency_ms=ms,
                  peak_mem_gb=stats.get("peak_bytes_in_use", float("nan")) / 2**30,
                  compile_s=compile_s, load_s=load_s)
+      if profile_top:
+        row["top_ops"] = profiling.trace_calls(lambda: fn(state, lqs[b]), calls=2, top=profile_top)
       print(json.dumps(row), flush=True)
-      rows.append(row)
+      emit(row)
     state = None  # frees this variant's weights before the next loads
-  return rows
 
 
-def run_part(part: str, args) -> list[dict]:
+def run_part(part: str, args, emit) -> None:
   import jax.numpy as jnp
 
   from quantface_jax.models import PRESETS, build
@@ -121,20 +124,31 @@ def run_part(part: str, args) -> list[dict]:
   res = PRESETS[args.model].resolution
   if part == "export":
     export_part(args.model, args.act, args.workdir, args.export_device)
-    return []
-  if part == "bf16":
-    return time_jax({"bf16": (lambda: build(args.model), jnp.bfloat16)}, args.batches, args.iters, res)
-  if part in SERVED:
+  elif part == "bf16":
+    time_jax({"bf16": (lambda: build(args.model), jnp.bfloat16)}, args.batches, args.iters, res, emit,
+             args.profile_top)
+  elif part in SERVED:
     for name in SERVED[part]:
       w = packed_account(args.workdir / name)["weights_by_bits"]
       print(f"{name}: " + ", ".join(f"W{b} {r['packed_bytes'] / 2**20:,.1f} MiB vs bf16 "
                                     f"{r['bf16_bytes'] / 2**20:,.1f} MiB ({r['ratio']:.3f})"
                                     for b, r in sorted(w.items())), flush=True)
     load = lambda name: (lambda: load_served(args.workdir / name, backend=args.backend))
-    rows = time_jax({n: (load(n), jnp.bfloat16) for n in SERVED[part]}, args.batches, args.iters, res)
-    return [dict(r, recipe="rtn", act=args.act, backend=args.backend) for r in rows]
-  return [dict(r, variant=TORCH_PARTS[part]) for r in
-          bench_torch(args.model, part.removeprefix("torch_"), args.batches, set())]
+    time_jax({n: (load(n), jnp.bfloat16) for n in SERVED[part]}, args.batches, args.iters, res,
+             lambda row: emit(dict(row, recipe="rtn", act=args.act, backend=args.backend)), args.profile_top)
+  else:
+    bench_torch(args.model, part.removeprefix("torch_"), args.batches, set(),
+                emit=lambda row: emit(dict(row, variant=TORCH_PARTS[part])))
+
+
+def append_row(out: pathlib.Path | None, row: dict) -> None:
+  """Append ``row`` to the JSON list ``out`` at once (atomically): a part cut by its timeout keeps
+  the rows it finished."""
+  if out is None:
+    return
+  from quantface_jax.fileio import atomic_write_text
+  previous = json.loads(out.read_text()) if out.exists() else []
+  atomic_write_text(out, json.dumps(previous + [row], indent=1))
 
 
 def main() -> None:
@@ -151,18 +165,16 @@ def main() -> None:
   p.add_argument("--backend", default="auto", help="integer kernels: auto | xla | pallas")
   p.add_argument("--workdir", default="/tmp/quantface_bench_serve", type=pathlib.Path,
                  help="where `export` writes the SERVE_DIRs and the timing parts read them")
-  p.add_argument("--out", default=None, help="append the rows to this JSON list")
+  p.add_argument("--out", default=None, type=pathlib.Path, help="append the rows to this JSON list")
+  p.add_argument("--profile-top", type=int, default=0,
+                 help="trace two calls per JAX row after timing and keep its N heaviest ops (top_ops); "
+                      "ops in CUDA graphs are named only with XLA_FLAGS=--xla_gpu_enable_command_buffer=")
   args = p.parse_args()
-  rows = []
   for part in args.parts.split(","):
     if part not in JAX_PARTS + tuple(TORCH_PARTS):
       raise SystemExit(f"unknown part {part!r}")
-    rows += run_part(part, args)
-  if args.out and rows:
-    from quantface_jax.fileio import atomic_write_text
-    out = pathlib.Path(args.out)
-    previous = json.loads(out.read_text()) if out.exists() else []
-    atomic_write_text(out, json.dumps(previous + rows, indent=1))
+  for part in args.parts.split(","):
+    run_part(part, args, lambda row: append_row(args.out, row))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,11 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}
 # Compiled programs persist in /tmp for the life of the machine: a part rerun on a warm machine (calls
 # chained within its idle window) skips the compiles that finished (the sd21 steps take minutes).
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_cache}
+# XLA's autotuning results (cuDNN conv algorithms, GEMM configs), one file per fusion, written as each
+# is tuned: a compile that a call's limit cuts off resumes in the next call without retuning. The
+# folder sits in the checkout (git-ignored), so carrying it (carry: [".xla_autotune"]) after unpacking
+# a returned $OUT/xla_autotune.tgz there moves the tuning to a fresh machine too.
+export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_per_fusion_autotune_cache_dir=$PWD/.xla_autotune"
 OUT=${OUT:-benchmarks/results}
 # Installed once per machine (a marker names the wheels): drivers started side by side, or chained on
 # a warm machine, must not reinstall under each other's imports.

@@ -18,8 +18,10 @@ parts=${*:-sweep qdlora_b8}
 setup=(--setup-device cpu --setup-cache /tmp/sd21_w4a4)
 # The QD-LoRA step's compile is XLA's (trace and lowering: 40 s). Session 5 on the H200: with Triton GEMMs
 # off (the default below: cuBLAS takes the fake-quantized dots, fewer fusions to tune) it passed 448 s,
-# the autotuner still timing kernels at 356 s; with --xla_gpu_autotune_level=0 added it took 339 s.
-# QDLORA_XLA_FLAGS replaces the default (empty: XLA's own).
+# the autotuner still timing kernels at 356 s. Do not turn autotuning off to save that time: with
+# --xla_gpu_autotune_level=0 the step took 272 s, because cuDNN's untuned conv algorithms run sd21's
+# convs 200-4700x slower (benchmarks/results/h200_qdlora_layers.json). The autotune cache of
+# h200_env.sh lets the tuning span calls instead. QDLORA_XLA_FLAGS replaces the default.
 qdlora_xla_flags=${QDLORA_XLA_FLAGS---xla_gpu_enable_triton_gemm=false}
 deadline=${DEADLINE:-570}  # seconds from the start; a part gets what is left of it (at most PART_TIMEOUT)
 for part in $parts; do
@@ -46,3 +48,5 @@ for part in $parts; do
   echo "rc=$? in $((SECONDS - start)) s (limit $limit s, XLA_FLAGS:${XLA_FLAGS:-} $flags)"
   grep -vE '^\s*$' "$log" | grep -vE 'Memory|XLA requested' | tail -n 8 | cut -c1-400
 done
+# The autotuning done so far, for the next call or a fresh machine (see h200_env.sh).
+tar czf "$OUT/xla_autotune.tgz" .xla_autotune 2>/dev/null && echo "autotune cache: $(ls .xla_autotune | wc -l) entries"

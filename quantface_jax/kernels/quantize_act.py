@@ -66,6 +66,10 @@ def quantize_act_pallas(x, smooth, rotation, bits, *, block_m: int = 32, interpr
     if rotation is not None:
         blocks = (rotation[None] if rotation.ndim == 2 else rotation).astype(jnp.float32)
         operands.append((blocks, full(blocks.shape)))
+    compiler_params = None
+    if not interpret:  # pin Triton: without params, jax 0.10 lowers pallas_call to Mosaic GPU
+        from jax.experimental.pallas import triton as pltriton
+        compiler_params = pltriton.CompilerParams(num_warps=4)
     codes, scale = pl.pallas_call(
         functools.partial(_quantize_kernel, has_smooth=smooth is not None,
                           has_rotation=rotation is not None),
@@ -77,6 +81,7 @@ def quantize_act_pallas(x, smooth, rotation, bits, *, block_m: int = 32, interpr
         out_specs=(pl.BlockSpec((block_m, k), lambda i: (i, 0)),
                    pl.BlockSpec((block_m, 1), lambda i: (i, 0))),
         interpret=interpret,
+        compiler_params=compiler_params,
         name="quantize_act",
     )(x, *(a for a, _ in operands), bits_to_qmax(bits))
     return codes[:m], scale[:m, 0]

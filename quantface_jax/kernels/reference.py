@@ -48,9 +48,18 @@ def row_scale(amax, qmax):
     return jnp.maximum(amax, 1e-8) / qmax
 
 
+def round_half_even(v):
+    """``jnp.round`` (ties to even) from floor, compare and select: Pallas's Triton lowering has
+    no ``round`` primitive. Exact for every finite f32 (``v - floor(v)`` is exact)."""
+    low = jnp.floor(v)
+    frac = v - low
+    low_is_odd = low - 2.0 * jnp.floor(0.5 * low) == 1.0
+    return jnp.where((frac > 0.5) | ((frac == 0.5) & low_is_odd), low + 1.0, low)
+
+
 def quantize_with_scale(rotated, scale, qmax):
     """``clip(round_half_even(r / scale), -qmax, qmax)`` -> int8, ``rotated`` f32 [m, k]."""
-    return jnp.clip(jnp.round(rotated / scale), -qmax, qmax).astype(jnp.int8)
+    return jnp.clip(round_half_even(rotated / scale), -qmax, qmax).astype(jnp.int8)
 
 
 def _unpack_int4_np(packed: np.ndarray, k: int) -> np.ndarray:

@@ -15,6 +15,7 @@ import glob
 import json
 import logging
 import os
+import tempfile
 
 import jax
 
@@ -60,6 +61,20 @@ def summarize_trace(trace_dir: str, *, steps: int, top: int = 40) -> list[dict]:
              for op, ns in time_ns.most_common()]
   device_first = lambda row: (not row["plane"].startswith("/device:"), -row["ms_per_step"])
   return sorted(rows, key=device_first)[:top]
+
+
+def trace_calls(call, *, calls: int, top: int) -> list[dict]:
+  """The `top` heaviest ops ({op, ms_per_step[, source]}, device first) of ``calls`` runs of
+  ``call()`` (each waited for), traced into a temporary directory. On a GPU, ops that XLA runs
+  inside CUDA graphs appear as ``command_buffer_N``: ``XLA_FLAGS=--xla_gpu_enable_command_buffer=``
+  names them."""
+  with tempfile.TemporaryDirectory() as trace_dir:
+    jax.profiler.start_trace(trace_dir)
+    for _ in range(calls):
+      jax.block_until_ready(call())
+    jax.profiler.stop_trace()
+    rows = summarize_trace(trace_dir, steps=calls, top=top)
+  return [{k: r[k] for k in ("op", "ms_per_step", "source") if k in r} for r in rows]
 
 
 def _is_op(name: str) -> bool:

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import pytest
 
 from quantface_jax.kernels import quantize_act
-from quantface_jax.kernels.reference import quantize_act_ref
+from quantface_jax.kernels.reference import quantize_act_ref, round_half_even
 
 
 def _rotation(rng, k, block):
@@ -39,3 +39,14 @@ def test_bits_is_runtime_data():
     maxima = [int(np.abs(np.asarray(fn(jnp.int32(b))[0])).max()) for b in (2, 5, 8)]
     assert maxima == [1, 15, 127]
     assert fn._cache_size() == 1
+
+
+def test_round_half_even_is_numpy_round():
+    """The floor-based rounding the kernels use equals ties-to-even rounding on every f32 tried:
+    ties of both parities and signs, values just beside ties, integers past 2**23, random."""
+    rng = np.random.default_rng()
+    ties = np.arange(-8, 8) + 0.5
+    beside = np.concatenate([np.nextafter(ties, np.inf), np.nextafter(ties, -np.inf)])
+    big = np.array([2.0 ** 23, 2.0 ** 23 + 1, -(2.0 ** 24) - 2, 3e38, -3e38])
+    v = np.concatenate([ties, beside, big, rng.standard_normal(10_000) * 300]).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(round_half_even(jnp.asarray(v))), np.round(v))

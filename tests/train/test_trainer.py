@@ -179,3 +179,14 @@ def test_profiled_steps_are_summarized(tmp_path):
   assert any("fusion" in row["op"] or "dot" in row["op"] for row in summary)
   with pytest.raises(ValueError, match="profile_steps"):
     trainer.fit(toy_stage(), toy_config(steps=4, profile_steps=(3, 2)), str(tmp_path / "bad"))
+
+
+def test_trace_calls_names_the_heaviest_ops():
+  from quantface_jax.train import profiling
+  x = jnp.ones((256, 256))
+  fn = jax.jit(lambda a: jnp.tanh(a @ a) @ a)
+  fn(x).block_until_ready()
+  rows = profiling.trace_calls(lambda: fn(x), calls=2, top=3)
+  assert 1 <= len(rows) <= 3 and all(set(r) <= {"op", "ms_per_step", "source"} for r in rows)
+  assert [r["ms_per_step"] for r in rows] == sorted((r["ms_per_step"] for r in rows), reverse=True)
+  assert any("dot" in r["op"] or "fusion" in r["op"] for r in rows)

@@ -1,0 +1,48 @@
+"""The GPU kernels lower for CUDA on a CPU-only machine (``lowering_platforms=("cuda",)``): a
+primitive without a Pallas Triton or Mosaic GPU lowering rule fails here, not on the lent GPU.
+Session 7's H200 run of bench_kernels.py found ``quantize_act`` failing this way (``round``)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from quantface_jax.kernels import pack_weight
+from quantface_jax.kernels.int_matmul import int_matmul_mosaic, int_matmul_pallas
+from quantface_jax.kernels.quantize_act import quantize_act_pallas
+
+
+def _lower_for_cuda(fn, *args) -> str:
+    return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+
+@pytest.mark.parametrize("smooth,rotate", [(False, False), (True, False), (True, True)])
+def test_quantize_act_lowers_to_triton(smooth, rotate):
+    k = 128
+    x = jnp.zeros((96, k), jnp.bfloat16)
+    smooth_arr = jnp.ones(k) if smooth else None
+    rotation = jnp.stack([jnp.eye(64)] * 2) if rotate else None
+    text = _lower_for_cuda(lambda x: quantize_act_pallas(x, smooth_arr, rotation, jnp.int32(4)), x)
+    assert "triton" in text
+
+
+@pytest.mark.parametrize("int4", [False, True])
+def test_int_matmul_lowers_to_triton_with_full_epilogue(int4):
+    m, k, n, r = 100, 256, 192, 16
+    codes_kn = np.random.default_rng(0).integers(-7, 8, (k, n)).astype(np.int8)
+    w_stored = pack_weight(codes_kn, 4 if int4 else 8)
+    epilogue = dict(a_scale=jnp.ones(m), w_scale=jnp.ones(n), a_zero=jnp.zeros(m, jnp.int32),
+                    w_colsum=jnp.zeros(n, jnp.int32), bias=jnp.zeros(n),
+                    lowrank_x=jnp.zeros((m, r)), lowrank_l2=jnp.zeros((r, n)))
+    text = _lower_for_cuda(lambda x: int_matmul_pallas(x, w_stored, **epilogue),
+                           jnp.zeros((m, k), jnp.int8))
+    assert "triton" in text
+
+
+def test_int_matmul_lowers_to_mosaic_gpu():
+    m, k, n = 256, 384, 256
+    text = _lower_for_cuda(
+        lambda x, w: int_matmul_mosaic(x, w, a_scale=jnp.ones(m), w_scale=jnp.ones(n),
+                                       bias=jnp.zeros(n), out_dtype=jnp.bfloat16),
+        jnp.zeros((m, k), jnp.int8), jnp.zeros((n, k), jnp.int8))
+    assert "mosaic_gpu" in text
