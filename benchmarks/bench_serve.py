@@ -12,8 +12,9 @@ reset its peak counter): `benchmarks/run_serve_h200.sh` does that on the H200.
   bf16         our FP model in bfloat16
   torch_eager_fp16, torch_compile_fp16   benchmarks/bench_fp.py's torch reference rows
 
-Every JAX part compiles its batch sizes concurrently (ahead of time, in threads), then times them
-one after the other (median of --iters after warm-up; ``bench_fp.timed``). Rows
+Every JAX part compiles its batch sizes ahead of time, one after the other (compiled concurrently,
+batches 1 and 16 of W4 ran past 330 s on the H200, their autotuners contending for the one GPU,
+where batch 16 alone took 48 s), then times them (median of --iters after warm-up; ``bench_fp.timed``). Rows
 {variant, batch, faces_per_s, latency_ms, peak_mem_gb, compile_s} are appended to the JSON list
 --out; variants are W4A4, W4A8, W8A8, bf16, torch_fp16 and torch_fp16_compiled. CPU smoke run: ``python benchmarks/bench_serve.py --model tiny --batches 1 --iters 1``.
 """
@@ -21,7 +22,6 @@ one after the other (median of --iters after warm-up; ``bench_fp.timed``). Rows
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
 import pathlib
 import time
@@ -73,7 +73,7 @@ def _export(preset: str, act: str, workdir: pathlib.Path) -> None:
 
 def time_jax(variants: dict, batches: list[int], iters: int, res: int, emit, profile_top: int = 0) -> None:
   """``variants``: name -> (load() -> model, dtype), all of one structure: their batch sizes are
-  compiled once, concurrently; then each variant x batch is timed (and, with ``profile_top``,
+  compiled once; then each variant x batch is timed (and, with ``profile_top``,
   traced: its heaviest ops go to the row's ``top_ops``) and handed to ``emit(row)``."""
   import jax
   from flax import nnx
@@ -92,12 +92,9 @@ def time_jax(variants: dict, batches: list[int], iters: int, res: int, emit, pro
       graphdef = nnx.graphdef(model)
       restore = jax.jit(lambda s, lq: nnx.merge(graphdef, s).restore(lq, dtype=dtype).image)
 
-      def compile_one(b):
+      for b in batches:
         t = time.perf_counter()
-        return b, restore.lower(state, lqs[b]).compile(), time.perf_counter() - t
-
-      with concurrent.futures.ThreadPoolExecutor(len(batches)) as pool:
-        compiled = {b: (fn, s) for b, fn, s in pool.map(compile_one, batches)}
+        compiled[b] = restore.lower(state, lqs[b]).compile(), time.perf_counter() - t
     elif nnx.graphdef(model) != graphdef:
       raise ValueError(f"{variant}: not the structure of {next(iter(variants))}")
     del model
