@@ -8,6 +8,13 @@ of compile each. Per case (a conv or linear of the UNet/VAE at batch --batch, bf
   qdlora   the quantface W4A4 QD-LoRA layer (smoothing + Hadamard, fake-quant R frozen, SVD + LoRA
            branches of rank 16 + 16), gradients for its input and the branch factors — what the
            QD-LoRA step runs for every quantized layer
+  qdlora_dense     the same with the rotation as a stored dense matrix (``rotation_impl="dense"``)
+                   instead of the butterfly
+  qdlora_norotate  the same without the Hadamard rotation
+  fakequant        the fake-quantized layer alone (no branches), gradient for its input only
+The last three split the QD-LoRA overhead (measured 1.5-4x the plain layer on the H200) into the
+rotation, the fake quantization and the branches:
+``--variants fp,qdlora,qdlora_dense,qdlora_norotate,fakequant --levels 4``.
 
 Each (case, variant) is compiled once per level in --levels (``compiler_options``, one process;
 ignored off GPU) and timed (median of --iters; one call when the first takes > 2 s), with the
@@ -56,9 +63,14 @@ CASES = {
 SLOW_MS = 2000.0  # a call this slow is timed once and traced once
 
 
-def quantface_layer(kind: str, d_in: int, d_out: int, rng: np.random.Generator):
+# variant -> overrides of the quantface body rule (fp is the plain layer).
+QUANT_VARIANTS = {"qdlora": {}, "qdlora_dense": dict(rotation_impl="dense"),
+                  "qdlora_norotate": dict(rotate=False), "fakequant": {}}
+
+
+def quantface_layer(kind: str, d_in: int, d_out: int, rng: np.random.Generator, **overrides):
   """A W4A4 quantface QuantConv2d / QuantLinear (smoothing, rotation, static activation range)."""
-  config = get_recipe("quantface", "W4A4").rules[-1][1].replace(low_rank=0)  # the body rule
+  config = get_recipe("quantface", "W4A4").rules[-1][1].replace(low_rank=0, **overrides)  # the body rule
   shape = (3, 3, d_in, d_out) if kind == "conv" else (d_in, d_out)
   kernel = rng.standard_normal(shape).astype(np.float32) / np.sqrt(np.prod(shape[:-1]))
   common = dict(config=config, smooth=rng.uniform(0.5, 2.0, d_in).astype(np.float32),
@@ -85,7 +97,12 @@ def build_case(kind: str, size: int, d_in: int, d_out: int, variant: str, batch:
     apply = (lambda w, x: conv2d(x, w, 1, ((1, 1), (1, 1)))) if kind == "conv" else (lambda w, x: x @ w)
     loss = lambda w, x: jnp.mean(jnp.square(apply(w, x).astype(jnp.float32)))
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1))), (w, x), gflop
-  layer = qdlora_layer(quantface_layer(kind, d_in, d_out, rng), rank=16, lora_rank=16, sigma=0.02, rng=rng)
+  quant = quantface_layer(kind, d_in, d_out, rng, **QUANT_VARIANTS[variant])
+  if variant == "fakequant":
+    graphdef, frozen = nnx.split(quant)
+    loss = lambda x, frozen: jnp.mean(jnp.square(nnx.merge(graphdef, frozen)(x).astype(jnp.float32)))
+    return jax.jit(jax.value_and_grad(loss)), (x, frozen), gflop
+  layer = qdlora_layer(quant, rank=16, lora_rank=16, sigma=0.02, rng=rng)
   graphdef, branches, frozen = nnx.split(layer, TRAINABLE, ...)
 
   def loss(branches, x, frozen):
@@ -121,7 +138,7 @@ def run(case: str, variant: str, level: int | None, args) -> dict:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
-  parser.add_argument("--variants", default="fp,qdlora")
+  parser.add_argument("--variants", default="fp,qdlora", help=f"comma-separated, of fp, {', '.join(QUANT_VARIANTS)}")
   parser.add_argument("--levels", default="0,4", help="XLA GPU autotune levels compared (GPU only)")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--scale", type=int, default=1, help="divide sizes and channels by this (CPU checks)")
