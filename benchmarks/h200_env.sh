@@ -8,7 +8,8 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}
 # Compiled programs persist in /tmp for the life of the machine: a part rerun on a warm machine (calls
 # chained within its idle window) skips the compiles that finished (the sd21 steps take minutes).
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_cache}
-# XLA's autotuning results (cuDNN conv algorithms, GEMM configs), one file per fusion, written as each
+# XLA's autotuning results (meant to include the cuDNN conv algorithms: the driver prints the entry count to
+# confirm it on the first run), one file per fusion, written as each
 # is tuned: a compile that a call's limit cuts off resumes in the next call without retuning. The
 # folder sits in the checkout (git-ignored), so carrying it (carry: [".xla_autotune"]) after unpacking
 # a returned $OUT/xla_autotune.tgz there moves the tuning to a fresh machine too.
