@@ -10,9 +10,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from quantface_jax.kernels.int_matmul import (GemmBlocks, im2col, int_conv2d_xla,
-                                              int_matmul_mosaic, int_matmul_pallas,
-                                              int_matmul_xla, pad_codes)
+from quantface_jax.kernels.int_matmul import (GemmBlocks, im2col, int_conv2d_implicit,
+                                              int_conv2d_xla, int_matmul_mosaic,
+                                              int_matmul_pallas, int_matmul_xla, pad_codes)
 from quantface_jax.kernels.quantize_act import quantize_act_pallas, quantize_act_xla
 
 # Fastest GPU backends as measured by benchmarks/bench_kernels.py on an H200; "xla" until measured.
@@ -79,7 +79,8 @@ def int_conv2d(xq, wq, *, a_scale, w_scale, bias=None, a_zero=None, w_colsum=Non
     caller's float conv of the input with L1) and ``lowrank_l2`` [r, C_out], fused in the epilogue
     -> ``out_dtype`` [B, Ho, Wo, C_out].
 
-    "xla": ``lax.conv_general_dilated`` int8 -> int32. Other backends: im2col patches
+    "xla": ``lax.conv_general_dilated`` int8 -> int32 (cuDNN on GPU). "pallas" / "interpret", stride
+    1: `int_conv2d_implicit`, the implicit GEMM (no patch copy). Otherwise: im2col patches
     [B*Ho*Wo, kh*kw*C_in] (taps ordered kh, kw, C_in) through `int_matmul` with that backend.
     """
     resolved = _resolve(backend, CONV_GPU_BACKEND)
@@ -87,6 +88,9 @@ def int_conv2d(xq, wq, *, a_scale, w_scale, bias=None, a_zero=None, w_colsum=Non
               lowrank_l2=lowrank_l2, out_dtype=out_dtype)
     if resolved == "xla":
         return int_conv2d_xla(xq, wq, w_colsum=w_colsum, stride=stride, padding=padding, **kw)
+    if stride == 1 and resolved in ("pallas", "interpret"):
+        return int_conv2d_implicit(xq, wq, w_colsum=w_colsum, padding=padding, blocks=blocks,
+                                   interpret=resolved == "interpret", **kw)
     kh, kw_, c_in, c_out = wq.shape
     patches, (b, ho, wo) = im2col(pad_codes(xq, padding, a_zero), kh, kw_, stride)
     w_t = wq.reshape(kh * kw_ * c_in, c_out).T

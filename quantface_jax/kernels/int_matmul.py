@@ -16,7 +16,8 @@ Operands (see `packing` for the weight storage):
 
 int32 accumulation throughout. Every backend pads M, N, K with zero codes up to whole blocks and
 slices the result, so any shape works; zero codes add nothing, so results are exact.
-Convolutions (`int_conv2d_xla`, `im2col`) share the epilogue; see `dispatch.int_conv2d`.
+Convolutions (`int_conv2d_xla`, `int_conv2d_implicit`, `im2col`) share the epilogue; see
+`dispatch.int_conv2d`.
 Backends: `int_matmul_pallas` (generic Pallas: Triton lowering on GPU, ``interpret=True`` on CPU),
 `int_matmul_mosaic` (Pallas Mosaic GPU, Hopper int8 ``wgmma``, W8A8 only) and `int_matmul_xla`
 (``lax.dot_general`` int8 -> int32, i.e. cuBLASLt IMMA on GPU, then the epilogue as one fusion).
@@ -148,6 +149,14 @@ def _gemm_kernel(x_ref, w_ref, *refs, block_k, k_steps, packed_int4, has_zero, h
                                    has_lowrank=has_lowrank), out_dtype=out_dtype)
 
 
+def _triton_params(blocks: GemmBlocks, interpret: bool):
+    """Triton compiler params (None in interpret mode): naming them pins the Triton lowering."""
+    if interpret:
+        return None
+    from jax.experimental.pallas import triton as pltriton
+    return pltriton.CompilerParams(num_warps=blocks.num_warps, num_stages=blocks.num_stages)
+
+
 def _pick_block(dim: int, preferred: int, minimum: int = 16) -> int:
     """Largest power of two in [minimum, preferred] dividing ``dim`` (no padding), else the
     smallest power of two >= min(dim, preferred) (then ``dim`` is padded up to it)."""
@@ -187,11 +196,6 @@ def int_matmul_pallas(xq, w, *, a_scale, w_scale, a_zero=None, w_colsum=None, bi
         _gemm_kernel, block_k=bk, k_steps=kp // bk, packed_int4=packed_int4,
         has_zero=ep.a_zero is not None, has_bias=ep.bias is not None,
         has_lowrank=ep.lowrank_x is not None, out_dtype=out_dtype)
-    compiler_params = None
-    if not interpret:
-        from jax.experimental.pallas import triton as pltriton
-        compiler_params = pltriton.CompilerParams(num_warps=blocks.num_warps,
-                                                  num_stages=blocks.num_stages)
     y = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((mp, np_), out_dtype),
@@ -201,7 +205,7 @@ def int_matmul_pallas(xq, w, *, a_scale, w_scale, a_zero=None, w_colsum=None, bi
                   *_epilogue_specs(ep, bm, bn)],
         out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
         interpret=interpret,
-        compiler_params=compiler_params,
+        compiler_params=_triton_params(blocks, interpret),
         name="int4_gemm" if packed_int4 else "int8_gemm",
     )(xq, w, *ep.arrays())
     return y[:m, :n]
@@ -266,6 +270,80 @@ def int_conv2d_xla(xq, wq, *, a_scale, w_scale, bias=None, a_zero=None, w_colsum
                            lowrank_l2=lowrank_l2)
     y = gemm_epilogue(acc.reshape(rows, c_out), **ep.as_kwargs(), out_dtype=out_dtype)
     return y.reshape(b, ho, wo, c_out)
+
+
+def _implicit_conv_kernel(x_ref, w_ref, *refs, shifts, c_steps, block_k, has_zero, has_bias,
+                          has_lowrank, out_dtype):
+    *epilogue_refs, o_ref = refs
+    bm, bn = o_ref.shape
+    row0 = pl.program_id(0) * bm
+    acc = jnp.zeros((bm, bn), jnp.int32)
+    for tap, shift in enumerate(shifts):  # static: one shifted row window of x per tap
+        def k_step(step, acc, rows=pl.ds(row0 + shift, bm), w0=tap * c_steps * block_k):
+            k0 = step * block_k
+            return acc + _dot_nt(x_ref[rows, pl.ds(k0, block_k)], w_ref[:, pl.ds(w0 + k0, block_k)])
+        acc = lax.fori_loop(0, c_steps, k_step, acc)
+    o_ref[...] = gemm_epilogue(
+        acc, **_epilogue_from_refs(epilogue_refs, has_zero=has_zero, has_bias=has_bias,
+                                   has_lowrank=has_lowrank), out_dtype=out_dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("padding", "out_dtype", "blocks", "interpret"))
+def int_conv2d_implicit(xq, wq, *, a_scale, w_scale, bias=None, a_zero=None, w_colsum=None,
+                        lowrank_x=None, lowrank_l2=None, padding: int = 1, out_dtype=jnp.float32,
+                        blocks: GemmBlocks = GemmBlocks(), interpret: bool = False):
+    """Stride-1 integer conv as an implicit GEMM in Pallas (Triton on GPU): no im2col copy.
+
+    ``xq`` int8 NHWC [B, H, W, C_in], ``wq`` int8 HWIO [kh, kw, C_in, C_out]; epilogue operands as
+    in `int_conv2d_xla` -> ``out_dtype`` [B, Ho, Wo, C_out].
+
+    The codes are padded spatially (zero-point code) to [B, Hp, Wp, C_in] and flattened to rows
+    r = (b·Hp + y)·Wp + x. Tap (dy, dx) of output row r is input row r + dy·Wp + dx, so every tap
+    is one contiguous [bm, C_in] row window: program (i, j) accumulates, for each of the kh·kw taps
+    and each ``block_k`` slice of C_in, x[i·bm + shift : +bm, k-slice] @ w_tap[j-block, k-slice]ᵀ
+    in int32. Outputs are computed on the padded grid (rows B·Hp·Wp, rounded up to ``bm``; the
+    input gets ``(kh-1)·Wp + kw-1`` zero rows of tail) and the positions y ≥ Ho or x ≥ Wo are
+    cropped: at 512² that is 0.8% extra work, at 64² 6%. Weights are laid out [Np, kh·kw·Cp]
+    (output-major, taps in (kh, kw) order, C_in zero-padded to Cp per tap); x is passed whole.
+    The low-rank branch ``lowrank_x`` [B·Ho·Wo, r] is moved onto the padded grid and fused.
+    """
+    kh, kw, c_in, c_out = wq.shape
+    xp = pad_codes(xq, padding, a_zero)
+    b, hp, wp, _ = xp.shape
+    ho, wo = hp - kh + 1, wp - kw + 1
+    rows = b * hp * wp
+    bm = _pick_block(rows, blocks.block_m)
+    bn = _pick_block(c_out, blocks.block_n)
+    bk = _pick_block(c_in, blocks.block_k)
+    mp, np_, cp = _round_up(rows, bm), _round_up(c_out, bn), _round_up(c_in, bk)
+    x_flat = _pad_to(xp.reshape(rows, c_in), (mp + (kh - 1) * wp + kw - 1, cp))
+    w = _pad_to(wq.reshape(kh * kw, c_in, c_out), (kh * kw, cp, np_))
+    w = w.transpose(2, 0, 1).reshape(np_, kh * kw * cp)
+    if a_zero is not None and w_colsum is None:
+        w_colsum = jnp.sum(wq, axis=(0, 1, 2), dtype=jnp.int32)
+    if lowrank_x is not None:
+        grid_x = lowrank_x.reshape(b, ho, wo, -1)
+        lowrank_x = jnp.pad(grid_x, [(0, 0), (0, hp - ho), (0, wp - wo), (0, 0)]).reshape(rows, -1)
+    ep = _prepare_epilogue(rows, c_out, mp, np_, a_scale=a_scale, w_scale=w_scale, a_zero=a_zero,
+                           w_colsum=w_colsum, bias=bias, lowrank_x=lowrank_x,
+                           lowrank_l2=lowrank_l2)
+    kernel = functools.partial(
+        _implicit_conv_kernel, shifts=tuple(dy * wp + dx for dy in range(kh) for dx in range(kw)),
+        c_steps=cp // bk, block_k=bk, has_zero=ep.a_zero is not None, has_bias=ep.bias is not None,
+        has_lowrank=ep.lowrank_x is not None, out_dtype=out_dtype)
+    y = pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((mp, np_), out_dtype),
+        grid=(mp // bm, np_ // bn),
+        in_specs=[pl.BlockSpec(x_flat.shape, lambda i, j: (0, 0)),
+                  pl.BlockSpec((bn, kh * kw * cp), lambda i, j: (j, 0)),
+                  *_epilogue_specs(ep, bm, bn)],
+        out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
+        interpret=interpret,
+        compiler_params=_triton_params(blocks, interpret),
+        name="int8_implicit_conv",
+    )(x_flat, w, *ep.arrays())
+    return y[:rows, :c_out].reshape(b, hp, wp, c_out)[:, :ho, :wo]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -119,10 +119,11 @@ def quantize_act_ref(x, smooth, rotation, bits):
     return quantize_with_scale(rotated, scale, qmax), scale[:, 0]
 
 
-def int_conv2d_ref(xq, wq, *, a_scale, w_scale, bias=None, a_zero=None, stride=1, padding=1,
-                   out_dtype=jnp.float32):
+def int_conv2d_ref(xq, wq, *, a_scale, w_scale, bias=None, a_zero=None, lowrank_x=None,
+                   lowrank_l2=None, stride=1, padding=1, out_dtype=jnp.float32):
     """Reference conv: ``xq`` int8 NHWC, ``wq`` int8 HWIO; zero padding in the *real* domain (pads
-    with the code ``a_zero``); per-tensor ``a_scale``/``a_zero``, per-C_out ``w_scale`` -> NHWC."""
+    with the code ``a_zero``); per-tensor ``a_scale``/``a_zero``, per-C_out ``w_scale``; optional
+    low-rank term ``lowrank_x`` [B*Ho*Wo, r] @ ``lowrank_l2`` [r, C_out] -> NHWC."""
     xq = np.asarray(xq).astype(np.int64)
     wq = np.asarray(wq).astype(np.int64)
     kh, kw, _, c_out = wq.shape
@@ -139,7 +140,7 @@ def int_conv2d_ref(xq, wq, *, a_scale, w_scale, bias=None, a_zero=None, stride=1
     y = _gemm_epilogue_jit(acc, jnp.asarray(a_scale, jnp.float32).reshape(1, 1),
                       jnp.asarray(w_scale, jnp.float32).reshape(1, c_out),
                       bias=None if bias is None else jnp.asarray(bias, jnp.float32)[None, :],
-                      out_dtype=out_dtype)
+                      lowrank_x=lowrank_x, lowrank_l2=lowrank_l2, out_dtype=out_dtype)
     return y.reshape(n, ho, wo, c_out)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from quantface_jax.kernels import pack_weight
-from quantface_jax.kernels.int_matmul import int_matmul_mosaic, int_matmul_pallas
+from quantface_jax.kernels.int_matmul import int_conv2d_implicit, int_matmul_mosaic, int_matmul_pallas
 from quantface_jax.kernels.quantize_act import quantize_act_pallas
 
 
@@ -46,3 +46,12 @@ def test_int_matmul_lowers_to_mosaic_gpu():
                                        bias=jnp.zeros(n), out_dtype=jnp.bfloat16),
         jnp.zeros((m, k), jnp.int8), jnp.zeros((n, k), jnp.int8))
     assert "mosaic_gpu" in text
+
+
+def test_implicit_conv_lowers_to_triton():
+    c_in, c_out = 64, 96
+    text = _lower_for_cuda(
+        lambda x, w: int_conv2d_implicit(x, w, a_scale=0.1, w_scale=jnp.ones(c_out), bias=jnp.zeros(c_out),
+                                         a_zero=jnp.int32(2), out_dtype=jnp.bfloat16),
+        jnp.zeros((2, 20, 20, c_in), jnp.int8), jnp.zeros((3, 3, c_in, c_out), jnp.int8))
+    assert "triton" in text
