@@ -160,6 +160,9 @@ def main() -> None:
   p.add_argument("--export-device", default="cpu", choices=["cpu", "default"],
                  help="where `export` builds, calibrates and quantizes (cpu: the host's cores)")
   p.add_argument("--backend", default="auto", help="integer kernels: auto | xla | pallas")
+  p.add_argument("--conv-gpu-backend", default=None, choices=["xla", "pallas"],
+                 help="what --backend auto runs the convs with on a GPU (kernels.dispatch.CONV_GPU_BACKEND; "
+                      "pallas: the implicit GEMM), the GEMMs unchanged: an A/B of the conv kernels alone")
   p.add_argument("--workdir", default="/tmp/quantface_bench_serve", type=pathlib.Path,
                  help="where `export` writes the SERVE_DIRs and the timing parts read them")
   p.add_argument("--out", default=None, type=pathlib.Path, help="append the rows to this JSON list")
@@ -167,6 +170,9 @@ def main() -> None:
                  help="trace two calls per JAX row after timing and keep its N heaviest ops (top_ops); "
                       "ops in CUDA graphs are named only with XLA_FLAGS=--xla_gpu_enable_command_buffer=")
   args = p.parse_args()
+  if args.conv_gpu_backend:
+    from quantface_jax.kernels import dispatch
+    dispatch.CONV_GPU_BACKEND = args.conv_gpu_backend
   for part in args.parts.split(","):
     if part not in JAX_PARTS + tuple(TORCH_PARTS):
       raise SystemExit(f"unknown part {part!r}")
