@@ -306,6 +306,8 @@ def int_conv2d_implicit(xq, wq, *, a_scale, w_scale, bias=None, a_zero=None, w_c
     cropped: at 512² that is 0.8% extra work, at 64² 6%. Weights are laid out [Np, kh·kw·Cp]
     (output-major, taps in (kh, kw) order, C_in zero-padded to Cp per tap); x is passed whole.
     The low-rank branch ``lowrank_x`` [B·Ho·Wo, r] is moved onto the padded grid and fused.
+    Limit: the padded codes must number < 2³¹ (Triton's int32 offsets; sd21's largest VAE conv at
+    batch 16 has 1.1·10⁹); beyond, a ValueError.
     """
     kh, kw, c_in, c_out = wq.shape
     xp = pad_codes(xq, padding, a_zero)
@@ -317,6 +319,9 @@ def int_conv2d_implicit(xq, wq, *, a_scale, w_scale, bias=None, a_zero=None, w_c
     bk = _pick_block(c_in, blocks.block_k)
     mp, np_, cp = _round_up(rows, bm), _round_up(c_out, bn), _round_up(c_in, bk)
     x_flat = _pad_to(xp.reshape(rows, c_in), (mp + (kh - 1) * wp + kw - 1, cp))
+    if x_flat.size >= 2**31 and not interpret:  # Triton indexes the whole operand with int32 offsets
+        raise ValueError(f"int_conv2d_implicit: input of {x_flat.size:,} padded codes needs 64-bit "
+                         "offsets; split the batch (or use the xla backend)")
     w = _pad_to(wq.reshape(kh * kw, c_in, c_out), (kh * kw, cp, np_))
     w = w.transpose(2, 0, 1).reshape(np_, kh * kw * cp)
     if a_zero is not None and w_colsum is None:

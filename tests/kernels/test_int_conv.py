@@ -68,3 +68,10 @@ def test_implicit_conv_exact_with_full_epilogue(b, h, w, c_in, c_out, k, padding
         got = np.asarray(int_conv2d_implicit(jnp.asarray(xq), jnp.asarray(wq), padding=padding,
                                              blocks=blocks, interpret=True, **kw))
         np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-5)
+
+
+def test_implicit_conv_refuses_inputs_beyond_int32_offsets():
+    big = jax.ShapeDtypeStruct((1, 2**15, 2**14, 4), jnp.int8)  # 2**31 codes, never allocated
+    with pytest.raises(ValueError, match="64-bit"):
+        jax.eval_shape(lambda x: int_conv2d_implicit(x, jnp.zeros((3, 3, 4, 8), jnp.int8), a_scale=1.0,
+                                                     w_scale=jnp.ones(8)), big)
