@@ -1,4 +1,4 @@
-"""Speed and correctness of the integer kernels at SD-UNet GEMM shapes and a VAE-decoder conv.
+"""Speed and correctness of the integer kernels at SD-UNet GEMM shapes and at VAE/UNet 3x3 convs.
 
     python benchmarks/bench_kernels.py --out benchmarks/results/kernels_h200.json   # H200, < 5 min
     python benchmarks/bench_kernels.py --smoke                                      # CPU, tiny
@@ -44,7 +44,7 @@ class Plan:
     extra_kn: tuple[tuple[int, int, int], ...]  # (tokens, K, N) extra GEMMs (cross-attn 1024->C)
     gemm_backends: tuple[str, ...]  # int_matmul backends to time ("pallas" once per pallas_blocks)
     pallas_blocks: tuple[GemmBlocks, ...]  # Triton tilings to try
-    conv: tuple[int, int, int]  # (batch, H=W, channels) of the 3x3 conv
+    convs: tuple[tuple[int, int, int], ...]  # (batch, H=W, channels) of each 3x3 conv timed
     conv_backends: tuple[str, ...]  # int_conv2d backends to time
     quant: tuple[int, int, int]  # (M, K, Hadamard block) of the fused activation quantizer
     quant_backends: tuple[str, ...]  # quantize_act backends to time
@@ -57,11 +57,11 @@ FULL = Plan(batches=(16, 8, 1), levels=((4096, 320), (1024, 640), (256, 1280), (
             gemm_backends=("xla", "pallas", "mosaic"),
             pallas_blocks=(GemmBlocks(), GemmBlocks(block_m=128, block_n=128, block_k=128,
                                                     num_warps=8, num_stages=3)),
-            conv=(16, 512, 128),
+            convs=((16, 512, 128), (16, 64, 320), (16, 32, 640)),  # VAE decoder's largest; UNet
             conv_backends=("xla", "pallas"), quant=(16 * 4096, 320, 64),
             quant_backends=("xla", "pallas"), repeats=20, budget_s=260.0)
 SMOKE = Plan(batches=(1,), levels=((64, 32),), extra_kn=((64, 48, 32),),
-             gemm_backends=("xla", "interpret"), pallas_blocks=(GemmBlocks(),), conv=(1, 16, 8),
+             gemm_backends=("xla", "interpret"), pallas_blocks=(GemmBlocks(),), convs=((1, 16, 8),),
              conv_backends=("xla", "interpret"), quant=(64, 64, 32),
              quant_backends=("xla", "interpret"), repeats=3, budget_s=120.0)
 
@@ -180,8 +180,12 @@ def bench_gemms(run: Runner, rng):
 
 
 def bench_conv(run: Runner, rng):
+    for shape in run.plan.convs:
+        _bench_one_conv(run, rng, *shape)
+
+
+def _bench_one_conv(run: Runner, rng, batch: int, hw: int, c: int):
     p = run.plan
-    batch, hw, c = p.conv
     base = dict(kind="conv3x3", M=batch * hw * hw, K=9 * c, N=c, batch=batch)
     ops = 2.0 * batch * hw * hw * 9 * c * c
     act_bytes = batch * hw * hw * c
