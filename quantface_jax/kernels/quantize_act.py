@@ -21,13 +21,14 @@ from quantface_jax.kernels.reference import (bits_to_qmax, quantize_act_ref, qua
                                              row_scale)
 
 
-def _quantize_kernel(x_ref, *refs, has_smooth, has_rotation):
+def _quantize_kernel(x_ref, *refs, has_smooth, has_rotation, chunk):
     *in_refs, codes_ref, scale_ref = refs
     in_refs = iter(in_refs)
     smooth_ref = next(in_refs) if has_smooth else None
     rot_ref = next(in_refs) if has_rotation else None
     qmax = next(in_refs)[...]
-    num_blocks, b = (rot_ref.shape[0], rot_ref.shape[1]) if has_rotation else (1, x_ref.shape[1])
+    b = rot_ref.shape[1] if has_rotation else chunk
+    num_blocks = x_ref.shape[1] // b
 
     def rotated_block(j):
         cols = pl.ds(j * b, b)
@@ -47,24 +48,47 @@ def _quantize_kernel(x_ref, *refs, has_smooth, has_rotation):
     scale_ref[...] = scale
 
 
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
 @functools.partial(jax.jit, static_argnames=("block_m", "interpret"))
 def quantize_act_pallas(x, smooth, rotation, bits, *, block_m: int = 32, interpret: bool = False):
     """Pallas fused quantizer. ``x`` bf16/f32 [M, K]; ``smooth`` f32 [K] or None; ``rotation`` f32
     [K, K] or [K/b, b, b] or None; ``bits`` int32 scalar array -> (int8 codes [M, K], f32 scales [M]).
 
-    Grid ``(ceil(M / block_m),)``; each program holds x [block_m, K] and the whole rotation, and
-    does one [block_m, b] x [b, b] dot per rotation block per pass. M is padded with zero rows.
-    On GPU (Triton lowering) K and b must be powers of two; the XLA path has no such limit.
+    Grid ``(ceil(M / block_m),)``; each program holds x [block_m, K'] and the whole rotation, and
+    does one [block_m, b'] x [b', b'] dot per rotation block per pass (without a rotation: works on
+    chunks of ``b'`` = the largest power of two <= 128 dividing K, at least 16). Triton tiles must be
+    powers of two, so a block of width b is zero-padded to b' = next power of two (x, smooth = 1,
+    rotation rows and columns) and the padding is cropped from the codes: padded columns are 0 in
+    the rotated space, so the row maxima, scales and codes are those of the unpadded problem. M is
+    padded with zero rows.
     """
     m, k = x.shape
     mp = -(-m // block_m) * block_m
-    x = jnp.pad(x, [(0, mp - m), (0, 0)])
+    if rotation is not None:
+        blocks = (rotation[None] if rotation.ndim == 2 else rotation).astype(jnp.float32)
+        num_blocks, b = blocks.shape[:2]
+        width = _pow2_at_least(b)
+        blocks = jnp.pad(blocks, [(0, 0), (0, width - b), (0, width - b)])
+    else:  # chunks of a power-of-two width: pad K up to whole chunks
+        width = min(128, k & -k) if k % 16 == 0 else 16
+        b = width
+        num_blocks = -(-k // width)
+    # [M, K] -> [Mp, num_blocks * width]: each block of b columns padded to width (rotation), or K
+    # padded to whole chunks (no rotation); x pads with 0, smooth with 1.
+    split = lambda a, fill: jnp.pad(
+        jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, num_blocks * b - k)], constant_values=fill)
+        .reshape(*a.shape[:-1], num_blocks, b), [(0, 0)] * a.ndim + [(0, width - b)],
+        constant_values=fill).reshape(*a.shape[:-1], num_blocks * width)
+    xw = jnp.pad(split(x, 0), [(0, mp - m), (0, 0)])
+    kw = num_blocks * width
     full = lambda shape: pl.BlockSpec(shape, lambda i: (0,) * len(shape))
     operands = []  # (array, BlockSpec) of the optional steps, in kernel order
     if smooth is not None:
-        operands.append((jnp.asarray(smooth, jnp.float32).reshape(1, k), full((1, k))))
+        operands.append((split(jnp.asarray(smooth, jnp.float32).reshape(1, k), 1.0), full((1, kw))))
     if rotation is not None:
-        blocks = (rotation[None] if rotation.ndim == 2 else rotation).astype(jnp.float32)
         operands.append((blocks, full(blocks.shape)))
     compiler_params = None
     if not interpret:  # pin Triton: without params, jax 0.10 lowers pallas_call to Mosaic GPU
@@ -72,19 +96,20 @@ def quantize_act_pallas(x, smooth, rotation, bits, *, block_m: int = 32, interpr
         compiler_params = pltriton.CompilerParams(num_warps=4)
     codes, scale = pl.pallas_call(
         functools.partial(_quantize_kernel, has_smooth=smooth is not None,
-                          has_rotation=rotation is not None),
-        out_shape=(jax.ShapeDtypeStruct((mp, k), jnp.int8),
+                          has_rotation=rotation is not None, chunk=width),
+        out_shape=(jax.ShapeDtypeStruct((mp, kw), jnp.int8),
                    jax.ShapeDtypeStruct((mp, 1), jnp.float32)),
         grid=(mp // block_m,),
-        in_specs=[pl.BlockSpec((block_m, k), lambda i: (i, 0)), *(s for _, s in operands),
+        in_specs=[pl.BlockSpec((block_m, kw), lambda i: (i, 0)), *(s for _, s in operands),
                   full((1, 1))],
-        out_specs=(pl.BlockSpec((block_m, k), lambda i: (i, 0)),
+        out_specs=(pl.BlockSpec((block_m, kw), lambda i: (i, 0)),
                    pl.BlockSpec((block_m, 1), lambda i: (i, 0))),
         interpret=interpret,
         compiler_params=compiler_params,
         name="quantize_act",
-    )(x, *(a for a, _ in operands), bits_to_qmax(bits))
-    return codes[:m], scale[:m, 0]
+    )(xw, *(a for a, _ in operands), bits_to_qmax(bits))
+    codes = codes[:m].reshape(m, num_blocks, width)[:, :, :b].reshape(m, num_blocks * b)[:, :k]
+    return codes, scale[:m, 0]
 
 
 quantize_act_xla = jax.jit(quantize_act_ref)

@@ -16,12 +16,14 @@ def _lower_for_cuda(fn, *args) -> str:
     return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
 
-@pytest.mark.parametrize("smooth,rotate", [(False, False), (True, False), (True, True)])
-def test_quantize_act_lowers_to_triton(smooth, rotate):
-    k = 128
+@pytest.mark.parametrize("k,smooth,block", [(128, False, None), (128, True, None), (128, True, 64),
+                                             (320, False, None), (48, True, None), (80, True, 20)])
+def test_quantize_act_lowers_to_triton(k, smooth, block):
+    """Triton tiles must be powers of two: sd21's widths (320, 640, 1280) and non-power-of-two
+    rotation blocks are padded inside (the serving model of `tiny`, K = 48, found this)."""
     x = jnp.zeros((96, k), jnp.bfloat16)
     smooth_arr = jnp.ones(k) if smooth else None
-    rotation = jnp.stack([jnp.eye(64)] * 2) if rotate else None
+    rotation = jnp.stack([jnp.eye(block)] * (k // block)) if block else None
     text = _lower_for_cuda(lambda x: quantize_act_pallas(x, smooth_arr, rotation, jnp.int32(4)), x)
     assert "triton" in text
 

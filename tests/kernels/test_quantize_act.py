@@ -15,7 +15,8 @@ def _rotation(rng, k, block):
 
 
 @pytest.mark.parametrize("backend", ["interpret", "xla"])
-@pytest.mark.parametrize("m,k,block", [(77, 64, None), (130, 320, 64), (20, 256, 128)])
+@pytest.mark.parametrize("m,k,block", [(77, 64, None), (130, 320, 64), (20, 256, 128),
+                                       (33, 80, 20)])  # a block of 20: padded to 32 inside
 def test_codes_equal_reference(backend, m, k, block):
     rng = np.random.default_rng()
     x = jnp.asarray(rng.standard_normal((m, k)) * rng.uniform(0.1, 10, k), jnp.bfloat16)
@@ -50,3 +51,15 @@ def test_round_half_even_is_numpy_round():
     big = np.array([2.0 ** 23, 2.0 ** 23 + 1, -(2.0 ** 24) - 2, 3e38, -3e38])
     v = np.concatenate([ties, beside, big, rng.standard_normal(10_000) * 300]).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(round_half_even(jnp.asarray(v))), np.round(v))
+
+
+@pytest.mark.parametrize("k", [48, 20, 320, 1280])
+def test_codes_equal_reference_without_rotation(k):
+    """Without a rotation the kernel works on power-of-two chunks of K (padded when K has none)."""
+    rng = np.random.default_rng()
+    x = jnp.asarray(rng.standard_normal((45, k)) * rng.uniform(0.1, 10, k), jnp.bfloat16)
+    for smooth in (None, rng.uniform(0.5, 2.0, k).astype(np.float32)):
+        codes, scale = quantize_act(x, smooth, None, jnp.int32(4), backend="interpret")
+        ref_codes, ref_scale = quantize_act_ref(x, smooth, None, jnp.int32(4))
+        np.testing.assert_array_equal(codes, ref_codes)
+        np.testing.assert_array_equal(scale, ref_scale)

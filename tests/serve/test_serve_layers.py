@@ -91,3 +91,14 @@ def test_rejects_unservable(quantized):
   layer.a_bits[...] = jnp.asarray(16, jnp.int32)
   with pytest.raises(ValueError, match='unet.conv_in'):
     int_layer(layer, path='unet.conv_in')
+
+
+def test_served_model_lowers_for_cuda_on_pallas_kernels(quantized, lq):
+  """The whole served restore with the Pallas kernels lowers for CUDA on this CPU machine (every
+  kernel has Triton lowering rules and power-of-two tiles: `tiny`'s 48-wide layers found the
+  quantizer's unpadded tiles)."""
+  served = serve_model(quantized[0], backend='pallas')
+  graphdef, state = nnx.split(served)
+  restore = jax.jit(lambda s, x: nnx.merge(graphdef, s).restore(x, dtype=jnp.bfloat16).image)
+  text = restore.trace(state, lq).lower(lowering_platforms=('cuda',)).as_text()
+  assert '__gpu$xla.gpu.triton' in text  # the integer layers run on Triton kernels
