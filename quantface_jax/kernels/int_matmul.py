@@ -54,7 +54,7 @@ class _Epilogue:
     a_zero: jax.Array | None  # int32 [Mp, 1]
     w_colsum: jax.Array | None  # int32 [1, Np]
     bias: jax.Array | None  # f32 [1, Np]
-    lowrank_x: jax.Array | None  # f32 [Mp, R], R = r rounded up to 16 with zero columns
+    lowrank_x: jax.Array | None  # f32 [Mp, R], R = r padded with zero columns to a power of two >= 16
     lowrank_l2: jax.Array | None  # f32 [R, Np]
 
     def arrays(self):
@@ -81,7 +81,8 @@ def _prepare_epilogue(m, n, mp, np_, *, a_scale, w_scale, a_zero, w_colsum, bias
         raise ValueError("a_zero and w_colsum go together")
     if (lowrank_x is None) != (lowrank_l2 is None):
         raise ValueError("lowrank_x and lowrank_l2 go together")
-    rank = None if lowrank_x is None else _round_up(lowrank_x.shape[1], 16)
+    # Triton tiles are powers of two (>= 16 for its dots): the rank is zero-padded to one.
+    rank = None if lowrank_x is None else max(16, pl.next_power_of_2(lowrank_x.shape[1]))
     return _Epilogue(
         a_scale=vec(a_scale, m, mp, jnp.float32)[:, None],
         w_scale=vec(w_scale, n, np_, jnp.float32)[None, :],

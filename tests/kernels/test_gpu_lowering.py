@@ -28,9 +28,9 @@ def test_quantize_act_lowers_to_triton(k, smooth, block):
     assert "triton" in text
 
 
-@pytest.mark.parametrize("int4", [False, True])
-def test_int_matmul_lowers_to_triton_with_full_epilogue(int4):
-    m, k, n, r = 100, 256, 192, 16
+@pytest.mark.parametrize("int4,r", [(False, 16), (True, 16), (True, 40)])
+def test_int_matmul_lowers_to_triton_with_full_epilogue(int4, r):
+    m, k, n = 100, 256, 192
     codes_kn = np.random.default_rng(0).integers(-7, 8, (k, n)).astype(np.int8)
     w_stored = pack_weight(codes_kn, 4 if int4 else 8)
     epilogue = dict(a_scale=jnp.ones(m), w_scale=jnp.ones(n), a_zero=jnp.zeros(m, jnp.int32),
