@@ -48,10 +48,6 @@ def _quantize_kernel(x_ref, *refs, has_smooth, has_rotation, chunk):
     scale_ref[...] = scale
 
 
-def _pow2_at_least(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
 @functools.partial(jax.jit, static_argnames=("block_m", "interpret"))
 def quantize_act_pallas(x, smooth, rotation, bits, *, block_m: int = 32, interpret: bool = False):
     """Pallas fused quantizer. ``x`` bf16/f32 [M, K]; ``smooth`` f32 [K] or None; ``rotation`` f32
@@ -70,7 +66,7 @@ def quantize_act_pallas(x, smooth, rotation, bits, *, block_m: int = 32, interpr
     if rotation is not None:
         blocks = (rotation[None] if rotation.ndim == 2 else rotation).astype(jnp.float32)
         num_blocks, b = blocks.shape[:2]
-        width = _pow2_at_least(b)
+        width = pl.next_power_of_2(b)
         blocks = jnp.pad(blocks, [(0, 0), (0, width - b), (0, width - b)])
     else:  # chunks of a power-of-two width: pad K up to whole chunks
         width = min(128, k & -k) if k % 16 == 0 else 16
