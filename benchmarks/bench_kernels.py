@@ -77,9 +77,14 @@ def time_ms(fn, *args, repeats: int) -> float:
     return statistics.median(samples)
 
 
+def floor_s(ops: float, bytes_moved: float, precision: str) -> float:
+    """The H200's roofline time: max(ops at the dense ``precision`` peak, bytes at HBM bandwidth)."""
+    return max(ops / PEAK_OPS[precision], bytes_moved / HBM_BYTES_PER_S)
+
+
 def roofline(ms: float, ops: float, bytes_moved: float, precision: str) -> dict:
-    floor_s = max(ops / PEAK_OPS[precision], bytes_moved / HBM_BYTES_PER_S)
-    return dict(ms=ms, tops=ops / (ms * 1e-3) / 1e12, roofline=floor_s / (ms * 1e-3))
+    return dict(ms=ms, tops=ops / (ms * 1e-3) / 1e12,
+                roofline=floor_s(ops, bytes_moved, precision) / (ms * 1e-3))
 
 
 def max_errors(got, ref) -> dict:

@@ -32,13 +32,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 from quantface_jax.models import PRESETS, build  # noqa: E402
 from quantface_jax.models.layers import Conv2d  # noqa: E402
 from quantface_jax.quant import get_recipe, rules as rules_lib  # noqa: E402
 
-PEAK = {"bf16": 989e12, "int8": 1979e12}
-HBM_BYTES_PER_S = 4.8e12
+from bench_kernels import floor_s  # noqa: E402  (the H200 peaks and bandwidth, one place)
 
 
 class _ShapeProbe(nnx.Module):
@@ -88,7 +87,7 @@ def floors_ms(row: dict) -> dict:
   x, y, w = row["in_elems"], row["out_elems"], row["K"] * row["N"]
   w_bytes = w * row["w_bits"] / 8
   acc_bytes = 4  # cuDNN's int8 conv writes f32, cuBLASLt's int8 GEMM int32
-  t = lambda ops_, bytes_, precision: max(ops_ / PEAK[precision], bytes_ / HBM_BYTES_PER_S) * 1e3
+  t = lambda ops_, bytes_, precision: floor_s(ops_, bytes_, precision) * 1e3
   return dict(
       bf16=t(ops, 2 * x + 2 * y + 2 * w, "bf16"),
       int8_built=(t(0, 2 * x + x, "int8")                          # quantize: bf16 -> int8 codes
