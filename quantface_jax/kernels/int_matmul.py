@@ -150,12 +150,13 @@ def _gemm_kernel(x_ref, w_ref, *refs, block_k, k_steps, packed_int4, has_zero, h
                                    has_lowrank=has_lowrank), out_dtype=out_dtype)
 
 
-def _triton_params(blocks: GemmBlocks, interpret: bool):
-    """Triton compiler params (None in interpret mode): naming them pins the Triton lowering."""
+def triton_params(interpret: bool, *, num_warps: int, num_stages: int | None = None):
+    """Triton compiler params (None in interpret mode). Naming them pins the Triton lowering:
+    without params, jax 0.10 lowers a GPU ``pallas_call`` to Mosaic GPU."""
     if interpret:
         return None
     from jax.experimental.pallas import triton as pltriton
-    return pltriton.CompilerParams(num_warps=blocks.num_warps, num_stages=blocks.num_stages)
+    return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
 
 
 def _pick_block(dim: int, preferred: int, minimum: int = 16) -> int:
@@ -206,7 +207,8 @@ def int_matmul_pallas(xq, w, *, a_scale, w_scale, a_zero=None, w_colsum=None, bi
                   *_epilogue_specs(ep, bm, bn)],
         out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
         interpret=interpret,
-        compiler_params=_triton_params(blocks, interpret),
+        compiler_params=triton_params(interpret, num_warps=blocks.num_warps,
+                                      num_stages=blocks.num_stages),
         name="int4_gemm" if packed_int4 else "int8_gemm",
     )(xq, w, *ep.arrays())
     return y[:m, :n]
@@ -346,7 +348,8 @@ def int_conv2d_implicit(xq, wq, *, a_scale, w_scale, bias=None, a_zero=None, w_c
                   *_epilogue_specs(ep, bm, bn)],
         out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
         interpret=interpret,
-        compiler_params=_triton_params(blocks, interpret),
+        compiler_params=triton_params(interpret, num_warps=blocks.num_warps,
+                                      num_stages=blocks.num_stages),
         name="int8_implicit_conv",
     )(x_flat, w, *ep.arrays())
     return y[:rows, :c_out].reshape(b, hp, wp, c_out)[:, :ho, :wo]

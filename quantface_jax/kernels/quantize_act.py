@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from quantface_jax.kernels.int_matmul import triton_params
 from quantface_jax.kernels.reference import (bits_to_qmax, quantize_act_ref, quantize_with_scale,
                                              row_scale)
 
@@ -86,10 +87,6 @@ def quantize_act_pallas(x, smooth, rotation, bits, *, block_m: int = 32, interpr
         operands.append((split(jnp.asarray(smooth, jnp.float32).reshape(1, k), 1.0), full((1, kw))))
     if rotation is not None:
         operands.append((blocks, full(blocks.shape)))
-    compiler_params = None
-    if not interpret:  # pin Triton: without params, jax 0.10 lowers pallas_call to Mosaic GPU
-        from jax.experimental.pallas import triton as pltriton
-        compiler_params = pltriton.CompilerParams(num_warps=4)
     codes, scale = pl.pallas_call(
         functools.partial(_quantize_kernel, has_smooth=smooth is not None,
                           has_rotation=rotation is not None, chunk=width),
@@ -101,7 +98,7 @@ def quantize_act_pallas(x, smooth, rotation, bits, *, block_m: int = 32, interpr
         out_specs=(pl.BlockSpec((block_m, kw), lambda i: (i, 0)),
                    pl.BlockSpec((block_m, 1), lambda i: (i, 0))),
         interpret=interpret,
-        compiler_params=compiler_params,
+        compiler_params=triton_params(interpret, num_warps=4),
         name="quantize_act",
     )(xw, *(a for a, _ in operands), bits_to_qmax(bits))
     codes = codes[:m].reshape(m, num_blocks, width)[:, :, :b].reshape(m, num_blocks * b)[:, :k]
