@@ -283,18 +283,27 @@ def main():
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CPU check)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per case")
     parser.add_argument("--budget-s", type=float, default=None, help="stop starting cases after this long")
+    parser.add_argument("--batches", default=None, help="comma list replacing the GEMM batches, e.g. 8,1")
+    parser.add_argument("--sections", default="conv,quantize,gemm",
+                        help="comma list of conv, quantize, gemm (a call can finish what an earlier one cut)")
     args = parser.parse_args()
     plan = SMOKE if args.smoke else FULL
     if args.repeats:
         plan = dataclasses.replace(plan, repeats=args.repeats)
     if args.budget_s:
         plan = dataclasses.replace(plan, budget_s=args.budget_s)
+    if args.batches:
+        plan = dataclasses.replace(plan, batches=tuple(int(b) for b in args.batches.split(",")))
+    sections = {"conv": bench_conv, "quantize": bench_quantize, "gemm": bench_gemms}
+    chosen = args.sections.split(",")
+    if unknown := set(chosen) - set(sections):
+        parser.error(f"--sections: unknown {sorted(unknown)}; choose from {sorted(sections)}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
     run = Runner(plan, args.out.with_suffix(".jsonl") if args.out else None)
     rng = np.random.default_rng(0)
     print(f"device: {jax.devices()[0].device_kind}  jax {jax.__version__}", flush=True)
-    for section in (bench_conv, bench_quantize, bench_gemms):  # GEMMs last: most cases
+    for section in (sections[name] for name in ("conv", "quantize", "gemm") if name in chosen):  # GEMMs last
         try:
             section(run, rng)
         except Exception:  # noqa: BLE001 - keep the other sections

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from quantface_jax.cli import configure_logging
 from quantface_jax.data import io as image_io
 from quantface_jax.models.osdface import parameter_counts
 from quantface_jax.train import apply_overrides, fp_stages, load_safetensors, train_fp
@@ -63,6 +64,7 @@ def main() -> None:
   parser.add_argument("--config", default=os.path.join(REPO, "configs", "mini.py"))
   parser.add_argument("overrides", nargs="*", help="config overrides key=value")
   args = parser.parse_args()
+  configure_logging()  # the trainer's compile times and budget fits go to train.log
   t_start = time.perf_counter()
   os.makedirs(args.out, exist_ok=True)
   os.makedirs(args.workdir, exist_ok=True)
@@ -88,7 +90,8 @@ def main() -> None:
       "devices": [str(d) for d in jax.devices()],
       "parameters": parameter_counts(shipped),
       "stages": {name: {"steps": r.steps_run, "seconds": round(r.seconds, 1),
-                        "steps_per_s": round(r.steps_run / max(r.seconds, 1e-9), 2),
+                        "steps_per_s": round(r.steps_run / max(r.seconds, 1e-9), 2),  # compile included
+                        "compile_profile": r.compile_profile,
                         "final_train": r.train_metrics, "val": r.val_metrics}
                  for name, r in results.items()},
       "train_wall_s": round(t_train, 1),

@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.shuffle_seed = 0
   c.data.hflip = False  # mirror ~half the training faces per epoch (off in the shipped run)
   c.data.lq_epochs = 8  # LQ degradations precomputed per face (recycled); 0: degrade on the fly
-  c.data.workers = 16
+  c.data.workers = 12  # loader threads, or processes when degrading on the fly (lq_epochs=0); leaves cores to the step
   c.data.degradation = ml_collections.ConfigDict(dict(  # 512-px units; blur scaled to the resolution
       blur_sigma=(0.1, 10.0), downsample=(1.0, 8.0), noise_sigma=(0.0, 20.0), jpeg_quality=(60, 100)))
 

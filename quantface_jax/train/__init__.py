@@ -67,10 +67,9 @@ def train_fp(config: ml_collections.ConfigDict, workdir: str,
 
   train = fp_stages.train_dataset(config)
   remaining = names[first:]
-  pairs = None
+  pairs, pair_processes = None, False
   if {"vre", "unet", "joint"} & set(remaining):
-    pairs = (fp_stages.DegradedCache(train, epochs=config.data.lq_epochs, workers=config.data.workers)
-             if config.data.lq_epochs else train)
+    pairs, pair_processes = fp_stages.training_pairs(config, train)
   val = fp_stages.val_batches(config) if remaining else []
   builders = {"vae": fp_stages.vae_stage, "vre": fp_stages.vre_stage, "unet": fp_stages.unet_stage,
               "joint": functools.partial(fp_stages.unet_stage, name="joint")}
@@ -78,9 +77,10 @@ def train_fp(config: ml_collections.ConfigDict, workdir: str,
   results = {}
   for i, name in enumerate(remaining, start=first):
     scfg = fp_stages.stage_config(config, name)
-    dataset, keys = (fp_stages.HQOnly(train), ("hq",)) if name == "vae" else (pairs, ("lq", "hq"))
+    dataset, keys, processes = ((fp_stages.HQOnly(train), ("hq",), False) if name == "vae"
+                                else (pairs, ("lq", "hq"), pair_processes))
     stream = fp_stages.batch_stream(dataset, keys, scfg.batch_size, seed=config.data.shuffle_seed + i,
-                                    workers=config.data.workers)
+                                    workers=config.data.workers, processes=processes)
     stage = builders[name](model, config, stream, val)
     results[name] = fit(stage, scfg, workdir)
     # Every stage hands the next the model as stored, so a resumed run continues from the same bits.

@@ -163,10 +163,9 @@ def train_qdlora(config: ml_collections.ConfigDict, workdir: str) -> tuple[OSDFa
   student = qdlora.to_qdlora(quantized, rank=q.rank, lora_rank=q.lora_rank, sigma=q.sigma,
                              seed=q.seed, learn_scales=q.learn_scales, inplace=True)
   train = fp_stages.train_dataset(config)
-  pairs = (fp_stages.DegradedCache(train, epochs=config.data.lq_epochs, workers=config.data.workers)
-           if config.data.lq_epochs else train)
+  pairs, processes = fp_stages.training_pairs(config, train)
   stream = fp_stages.batch_stream(pairs, ("lq", "hq"), config.train.batch_size,
-                                  seed=config.data.shuffle_seed, workers=config.data.workers)
+                                  seed=config.data.shuffle_seed, workers=config.data.workers, processes=processes)
   stage = distill_stage(student, teacher, config, stream, fp_stages.val_batches(config))
   result = fit(stage, trainer_config(config), workdir)
   merged = qdlora.merge_qdlora(result.module.student)

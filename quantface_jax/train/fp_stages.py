@@ -115,14 +115,24 @@ def _to_model_range(fields: tuple[np.ndarray, ...], keys: tuple[str, ...]) -> di
   return {k: v * 2.0 - 1.0 for k, v in zip(keys, fields)}
 
 
-def batch_stream(dataset, keys: tuple[str, ...], batch_size: int, *, seed: int, workers: int
-                 ) -> Callable[[int], object]:
-  """start_step -> iterator of {key: (B, R, R, 3) in [-1, 1]} for this process (a 1/process_count share)."""
+def training_pairs(config: ml_collections.ConfigDict, train: data_lib.HQFolderDataset):
+  """(pairs, processes): the (lq, hq) training pairs, precomputed for `data.lq_epochs` degradation
+  epochs (`DegradedCache`, served from memory by threads) or, with 0, degraded on the fly by loader
+  processes (threads degrading beside the training loop would slow its dispatch: `iterate_batches`)."""
+  if config.data.lq_epochs:
+    return DegradedCache(train, epochs=config.data.lq_epochs, workers=config.data.workers), False
+  return train, True
+
+
+def batch_stream(dataset, keys: tuple[str, ...], batch_size: int, *, seed: int, workers: int,
+                 processes: bool = False) -> Callable[[int], object]:
+  """start_step -> iterator of {key: (B, R, R, 3) in [-1, 1]} for this process (a 1/process_count share);
+  `processes`: load in worker processes (see `iterate_batches`)."""
   local = batch_size // jax.process_count()
 
   def from_step(start_step: int):
     it = data_lib.iterate_batches(dataset, local, seed=seed * 1009 + jax.process_index(),
-                                  start_step=start_step, workers=workers, prefetch=4)
+                                  start_step=start_step, workers=workers, prefetch=4, processes=processes)
     return (_to_model_range(fields, keys) for fields in it)
 
   return from_step

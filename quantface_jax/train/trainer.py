@@ -355,6 +355,10 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
                                 config.steps)
         state = state.replace(total_steps=jax.device_put(jnp.asarray(total, jnp.int32), repl))
         bar.total = total
+        if total < 2 * config.get("warmup_steps", 0):
+          log.warning("%s: the time budget of %.0f s leaves %d steps (warmup %d) after %.0f s to compile and "
+                      "calibrate: raise time_budget_s", stage.name, budget, total, config.warmup_steps,
+                      t_first - t_begin)
       scalars = {}
       if done % config.log_every == 0 or done == total:
         train_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}

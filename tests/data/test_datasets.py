@@ -75,6 +75,17 @@ def test_iterate_batches_resumes_exactly(face_dir):
   assert not all(np.array_equal(full[i][1], full[i + 3][1]) for i in range(3))
 
 
+def test_process_loader_yields_the_thread_loaders_batches(face_dir):
+  (face_dir / '3.png').write_bytes(b'garbage')  # skipped in the worker process too
+  ds = datasets.HQFolderDataset(face_dir, 16, seed=1, hflip=True)
+  threads = _as_lists(datasets.iterate_batches(ds, 3, seed=5, num_epochs=2, start_step=1, workers=2))
+  procs = _as_lists(datasets.iterate_batches(ds, 3, seed=5, num_epochs=2, start_step=1, workers=2, processes=True))
+  assert len(procs) == len(threads) == 3 and sum(len(b[0]) for b in procs) < 9  # a 3-face batch lost 3.png
+  for a, b in zip(threads, procs):
+    for fa, fb in zip(a, b):
+      np.testing.assert_array_equal(fa, fb)
+
+
 def test_iterate_batches_order_and_remainder(face_dir):
   ds = datasets.LQFolderDataset(face_dir, 8)
   batches = list(datasets.iterate_batches(ds, 3, shuffle=False, num_epochs=1, drop_remainder=False))

@@ -150,10 +150,13 @@ def test_resume_is_bit_exact(tmp_path):
   assert timing_free(read_metrics(str(tmp_path / "cut"))) == timing_free(read_metrics(str(tmp_path / "full")))
 
 
-def test_time_budget_shortens_schedule(tmp_path):
-  result = trainer.fit(toy_stage(), toy_config(steps=100_000, time_budget_s=1e-3, calibrate_steps=2,
-                                               checkpoint_every=10**6), str(tmp_path))
+def test_time_budget_shortens_schedule(tmp_path, caplog):
+  with caplog.at_level("WARNING", logger="quantface"):
+    result = trainer.fit(toy_stage(), toy_config(steps=100_000, warmup_steps=5, time_budget_s=1e-3,
+                                                 calibrate_steps=2, checkpoint_every=10**6), str(tmp_path))
   assert result.steps_run == 4  # calibrated at step 3, budget already spent -> one more step
+  # A schedule cut below twice its warmup says so (session 8's VRE stage got 22 steps silently).
+  assert "leaves 4 steps (warmup 5)" in caplog.text
 
 
 def test_time_budget_retimes_at_warmup_end(tmp_path, monkeypatch):
