@@ -71,10 +71,12 @@ def _export(preset: str, act: str, workdir: pathlib.Path) -> None:
     print(json.dumps(dict(serve_dir=str(out), **packed_account(out))), flush=True)
 
 
-def time_jax(variants: dict, batches: list[int], iters: int, res: int, emit, profile_top: int = 0) -> None:
+def time_jax(variants: dict, batches: list[int], iters: int, res: int, emit, profile_top: int = 0,
+             hlo: bool = False) -> None:
   """``variants``: name -> (load() -> model, dtype), all of one structure: their batch sizes are
   compiled once; then each variant x batch is timed (and, with ``profile_top``,
-  traced: its heaviest ops go to the row's ``top_ops``) and handed to ``emit(row)``."""
+  traced: its heaviest ops go to the row's ``top_ops``; with ``hlo``, the row's ``hlo`` is
+  `profiling.hlo_summary` of the compiled program) and handed to ``emit(row)``."""
   import jax
   from flax import nnx
 
@@ -107,6 +109,8 @@ def time_jax(variants: dict, batches: list[int], iters: int, res: int, emit, pro
                  compile_s=compile_s, load_s=load_s)
       if profile_top:
         row["top_ops"] = profiling.trace_calls(lambda: fn(state, lqs[b]), calls=2, top=profile_top)
+      if hlo:
+        row["hlo"] = profiling.hlo_summary(fn.as_text())
       print(json.dumps(row), flush=True)
       emit(row)
     state = None  # frees this variant's weights before the next loads
@@ -123,7 +127,7 @@ def run_part(part: str, args, emit) -> None:
     export_part(args.model, args.act, args.workdir, args.export_device)
   elif part == "bf16":
     time_jax({"bf16": (lambda: build(args.model), jnp.bfloat16)}, args.batches, args.iters, res, emit,
-             args.profile_top)
+             args.profile_top, args.hlo_summary)
   elif part in SERVED:
     for name in SERVED[part]:
       w = packed_account(args.workdir / name)["weights_by_bits"]
@@ -132,7 +136,8 @@ def run_part(part: str, args, emit) -> None:
                                     for b, r in sorted(w.items())), flush=True)
     load = lambda name: (lambda: load_served(args.workdir / name, backend=args.backend))
     time_jax({n: (load(n), jnp.bfloat16) for n in SERVED[part]}, args.batches, args.iters, res,
-             lambda row: emit(dict(row, recipe="rtn", act=args.act, backend=args.backend)), args.profile_top)
+             lambda row: emit(dict(row, recipe="rtn", act=args.act, backend=args.backend)), args.profile_top,
+             args.hlo_summary)
   else:
     bench_torch(args.model, part.removeprefix("torch_"), args.batches, set(),
                 emit=lambda row: emit(dict(row, variant=TORCH_PARTS[part])))
@@ -166,6 +171,9 @@ def main() -> None:
   p.add_argument("--workdir", default="/tmp/quantface_bench_serve", type=pathlib.Path,
                  help="where `export` writes the SERVE_DIRs and the timing parts read them")
   p.add_argument("--out", default=None, type=pathlib.Path, help="append the rows to this JSON list")
+  p.add_argument("--hlo-summary", action="store_true",
+                 help="add profiling.hlo_summary of each compiled program to its row (which convs run on int8 "
+                 "through which library call; whether SiLU is fused into the quantizer)")
   p.add_argument("--profile-top", type=int, default=0,
                  help="trace two calls per JAX row after timing and keep its N heaviest ops (top_ops); "
                       "ops in CUDA graphs are named only with XLA_FLAGS=--xla_gpu_enable_command_buffer=")

@@ -15,6 +15,7 @@ import glob
 import json
 import logging
 import os
+import re
 import tempfile
 
 import jax
@@ -75,6 +76,60 @@ def trace_calls(call, *, calls: int, top: int) -> list[dict]:
     jax.profiler.stop_trace()
     rows = summarize_trace(trace_dir, steps=calls, top=top)
   return [{k: r[k] for k in ("op", "ms_per_step", "source") if k in r} for r in rows]
+
+
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) .*\{$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(?P<name>[\w.\-]+) = (?P<shape>.*?) (?P<op>[a-z][a-z0-9\-]*)\((?P<args>.*)$")
+_DTYPE = re.compile(r"\b(pred|[suf]\d+|bf16|f8e\w+)\[")
+_SIGMOID_OPS = {"logistic", "exponential"}  # SiLU's sigmoid: XLA's GPU keeps `logistic`, its CPU expands it
+
+
+def hlo_summary(hlo_text: str) -> dict:
+  """What an optimized HLO module (``jax.jit(f).lower(...).compile().as_text()``) runs, for
+  questions a timing cannot answer: which convolutions run on integer operands and through which
+  library call, and whether the SiLU before an integer layer is fused into the op that writes its
+  integer codes (the GroupNorm + SiLU + quantize prologue) or written out in float first.
+
+  Returns {"fusions": n, "custom_calls": {target: n}, "convolutions": {"<kind> <operand dtypes> ->
+  <result dtype>": n}, "integer_fusions": n (fusions writing integer data), "integer_fusions_with_
+  sigmoid": n (of those, bodies with a logistic/exponential), "float_fusions_with_sigmoid": n}, over
+  the module's non-fused computations (a fusion's body counts through its fusion instruction).
+  """
+  bodies: dict[str, set[str]] = {}  # computation -> its opcodes
+  dtypes: dict[str, str] = {}  # instruction -> its (first) result dtype
+  instructions: list[tuple[str, str, str, str]] = []  # (computation, result dtype, opcode, args)
+  current = None
+  for line in hlo_text.splitlines():
+    if (m := _COMPUTATION.match(line)) is not None:
+      current = m.group(1)
+      bodies[current] = set()
+    elif current is not None and (m := _INSTRUCTION.match(line)) is not None:
+      result = _DTYPE.search(m.group("shape"))
+      dtypes[m.group("name")] = result.group(1) if result else "?"
+      bodies[current].add(m.group("op"))
+      instructions.append((current, dtypes[m.group("name")], m.group("op"), m.group("args")))
+  called = {c for *_, args in instructions for c in re.findall(r"(?:calls|to_apply)=%([\w.\-]+)", args)}
+  summary = dict(fusions=0, custom_calls=collections.Counter(), convolutions=collections.Counter(),
+                 integer_fusions=0, integer_fusions_with_sigmoid=0, float_fusions_with_sigmoid=0)
+  for computation, dtype, op, args in instructions:
+    if computation in called:  # fusion bodies and reducers count through their callers
+      continue
+    target = re.search(r'custom_call_target="([^"]+)"', args)
+    if op == "custom-call":
+      summary["custom_calls"][target.group(1)] += 1
+    if op == "convolution" or (target and "conv" in target.group(1).lower()):
+      operands = [dtypes.get(name, "?") for name in re.findall(r"%([\w.\-]+)", args.split(")")[0])[:2]]
+      summary["convolutions"][f"{target.group(1) if target else op} {','.join(operands)} -> {dtype}"] += 1
+    if op == "fusion":
+      summary["fusions"] += 1
+      body = re.search(r"calls=%([\w.\-]+)", args)
+      sigmoid = body is not None and bool(bodies.get(body.group(1), set()) & _SIGMOID_OPS)
+      if dtype[0] in "su" and dtype[1:].isdigit():
+        summary["integer_fusions"] += 1
+        summary["integer_fusions_with_sigmoid"] += sigmoid
+      elif dtype in ("bf16", "f16", "f32"):
+        summary["float_fusions_with_sigmoid"] += sigmoid
+  return {k: dict(v) if isinstance(v, collections.Counter) else v for k, v in summary.items()}
 
 
 def _is_op(name: str) -> bool:

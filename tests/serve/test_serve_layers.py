@@ -102,3 +102,25 @@ def test_served_model_lowers_for_cuda_on_pallas_kernels(quantized, lq):
   restore = jax.jit(lambda s, x: nnx.merge(graphdef, s).restore(x, dtype=jnp.bfloat16).image)
   text = restore.trace(state, lq).lower(lowering_platforms=('cuda',)).as_text()
   assert '__gpu$xla.gpu.triton' in text  # the integer layers run on Triton kernels
+
+
+def test_static_rtn_block_fuses_group_norm_silu_into_the_quantizer(tiny_model, lq):
+  """DESIGN §2.6's quantizing prologue, left to XLA's fusion: in a served resnet block with static
+  per-tensor activations (no rotation), GroupNorm + SiLU + quantize compile into fusions that write
+  the integer codes, and no SiLU output is written out in float first (`profiling.hlo_summary`;
+  on this CPU backend; `bench_serve.py --hlo-summary` asks the GPU compiler the same)."""
+  from quantface_jax.quant import LayerQuantConfig, Recipe, calibrate, quantize
+  from quantface_jax.quant.rules import FULL_PRECISION
+  from quantface_jax.train.profiling import hlo_summary
+
+  rules = tuple((p, None) for p in FULL_PRECISION) + (
+      (r'vae\..*', LayerQuantConfig(w_bits=4, a_bits=4, smooth=False, rotate=False, low_rank=0)),)
+  model = quantize(tiny_model, Recipe(name='rtn-static', rules=rules),
+                   calibration=calibrate(tiny_model, [lq], rules=rules, max_samples=0, progress=False))
+  block = serve_model(model).vae.decoder.up_blocks[0].resnets[0]
+  graphdef, state = nnx.split(block)
+  x = jnp.ones((1, 8, 8, block.conv1.spec.kernel_shape[2]), jnp.bfloat16)
+  text = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, x).compile().as_text()
+  summary = hlo_summary(text)
+  assert summary['integer_fusions_with_sigmoid'] == 2, summary  # norm1-SiLU-conv1, norm2-SiLU-conv2
+  assert summary['float_fusions_with_sigmoid'] == 0, summary
