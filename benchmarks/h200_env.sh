@@ -8,15 +8,18 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}
 # Compiled programs persist in /tmp for the life of the machine: a part rerun on a warm machine (calls
 # chained within its idle window) skips the compiles that finished (the sd21 steps take minutes).
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_cache}
-# XLA's per-fusion autotune cache (opt in with XLA_AUTOTUNE_CACHE=1; carry .xla_autotune to reuse it):
-# meant to let a compile cut off by a call's limit resume its tuning in the next call. Off by default:
-# in session 8 (nvidia-h200, jax 0.11.2) the sd21 W4 serving model, which compiles in 29 s and runs
-# its benchmark in 52 s without it, had not finished within 120 s (and 200 s with the Pallas conv)
-# with it; the mini training run with it (and other changes) also compiled and stepped slower (benchmarks/results/
-# h200_session8.json).
-if [ "${XLA_AUTOTUNE_CACHE:-0}" = 1 ]; then
-  export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_per_fusion_autotune_cache_dir=$PWD/.xla_autotune"
-fi
+# With that cache set, JAX also turns on XLA's per-fusion autotune cache in its
+# xla_gpu_per_fusion_autotune_cache_dir/ (jax_persistent_cache_enable_xla_caches): one file per tuned
+# fusion or conv, written as it is tuned, so a compile cut off by a call's limit resumes its tuning in
+# the next call on the same warm machine (session 8: the sd21 W4 serving compile, cut at 120 s cold,
+# took 29 s in the next call). A carried .xla_autotune folder (an earlier $OUT/xla_autotune.tgz,
+# unpacked) seeds it on a fresh machine; `save_autotune` (below) returns it.
+AUTOTUNE_DIR=$JAX_COMPILATION_CACHE_DIR/xla_gpu_per_fusion_autotune_cache_dir
+if [ -d .xla_autotune ]; then mkdir -p "$AUTOTUNE_DIR" && cp -rn .xla_autotune/. "$AUTOTUNE_DIR"/; fi
+save_autotune() {  # $OUT/xla_autotune.tgz: the tuning done so far, for a fresh machine
+  [ -d "$AUTOTUNE_DIR" ] && tar czf "$OUT/xla_autotune.tgz" -C "$AUTOTUNE_DIR" . \
+    && echo "autotune cache: $(ls "$AUTOTUNE_DIR" | wc -l) entries"
+}
 OUT=${OUT:-benchmarks/results}
 # Installed once per machine (a marker names the wheels): drivers started side by side, or chained on
 # a warm machine, must not reinstall under each other's imports.

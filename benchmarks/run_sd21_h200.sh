@@ -20,9 +20,10 @@ setup=(--setup-device cpu --setup-cache /tmp/sd21_w4a4)
 # off (the default below: cuBLAS takes the fake-quantized dots, fewer fusions to tune) it passed 448 s,
 # the autotuner still timing kernels at 356 s. Do not turn autotuning off to save that time: with
 # --xla_gpu_autotune_level=0 the step took 272 s, because cuDNN's untuned conv algorithms run sd21's
-# convs 200-4700x slower (benchmarks/results/h200_qdlora_layers.json). h200_env.sh's opt-in autotune
-# cache (XLA_AUTOTUNE_CACHE=1) would let the tuning span calls, but it slowed the serving compile
-# (session 8), so it is off by default. QDLORA_XLA_FLAGS replaces the default.
+# convs 200-4700x slower (benchmarks/results/h200_qdlora_layers.json). The autotune cache that JAX keeps
+# beside its compilation cache (h200_env.sh) lets the tuning span calls instead; the driver returns it
+# as $OUT/xla_autotune.tgz (unpack into .xla_autotune and carry it to seed a fresh machine).
+# QDLORA_XLA_FLAGS replaces the default.
 qdlora_xla_flags=${QDLORA_XLA_FLAGS---xla_gpu_enable_triton_gemm=false}
 deadline=${DEADLINE:-570}  # seconds from the start; a part gets what is left of it (at most PART_TIMEOUT)
 for part in $parts; do
@@ -49,7 +50,4 @@ for part in $parts; do
   echo "rc=$? in $((SECONDS - start)) s (limit $limit s, XLA_FLAGS:${XLA_FLAGS:-} $flags)"
   grep -vE '^\s*$' "$log" | grep -vE 'Memory|XLA requested' | tail -n 8 | cut -c1-400
 done
-# The autotuning done so far, for the next call or a fresh machine (see h200_env.sh).
-if [ "${XLA_AUTOTUNE_CACHE:-0}" = 1 ]; then
-  tar czf "$OUT/xla_autotune.tgz" .xla_autotune && echo "autotune cache: $(ls .xla_autotune | wc -l) entries"
-fi
+save_autotune  # the autotuning done so far, for a fresh machine (h200_env.sh)
