@@ -6,7 +6,9 @@
     python benchmarks/bench_qdlora.py --preset tiny --batch 2 --steps 3 --out /tmp/q.jsonl             # CPU check
 
 The student is `bench_setup.quick_quantized`'s W4A4 quantface student (the trained run uses
-configs/qdlora_w4a4.py), turned into QD-LoRA layers (rank 16 + 16); the teacher is the same FP model.
+configs/qdlora_w4a4.py), turned into QD-LoRA layers (rank 16 + 16), or with `--student structure`
+`bench_setup.structural_qdlora`'s: the same compiled step without the calibration work (seconds of
+setup; the losses are then meaningless). The teacher is the same FP model.
 Batches are fixed random LQ faces (no input pipeline: this measures the step). The step is the real
 one: `train.distill.distill_stage` on `train.trainer.fit`, jit with NamedSharding over a ("data",
 "fsdp") mesh. On a GPU add `--setup-device cpu` (see bench_setup.py). Appends one JSON row:
@@ -93,6 +95,9 @@ def main() -> None:
   parser.add_argument("--mesh-data", type=int, default=-1)
   parser.add_argument("--mesh-fsdp", type=int, default=1)
   bench_setup.add_setup_arguments(parser)
+  parser.add_argument("--student", default="calibrated", choices=("calibrated", "structure"),
+                      help="structure: bench_setup.structural_qdlora, the same compiled step without the "
+                      "calibration work (seconds instead of minutes of setup; the losses are meaningless)")
   parser.add_argument("--stop-after", choices=("setup", "trace", "compile"),
                       help="stop early: after the student is built (and cached), after tracing and lowering the "
                       "step (the host's share of the compile), or after compiling it (into JAX's persistent "

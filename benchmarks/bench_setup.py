@@ -1,5 +1,8 @@
 """The quantized student both sd21 benchmarks start from (bench_qdlora.py, bench_sweep_h200.py).
 
+Two kinds: ``calibrated`` (below) and ``structure`` (`structural_qdlora`: the QD-LoRA student's exact
+structure, built in seconds without calibration, for timing and memory only).
+
 The quantface recipe at W4A4 without its calibration-heavy steps (α fixed at 0.5, one random
 calibration face, no reservoir sample, no range pass: the static ranges of rotated inputs are then
 the norm bound, which changes values, not speed). Its setup is ~300 small per-layer programs
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import time
 
@@ -22,6 +26,10 @@ import numpy as np
 from flax import nnx
 
 from quantface_jax.models import build
+from quantface_jax.models.layers import Conv2d
+from quantface_jax.quant import hadamard
+from quantface_jax.quant import rules as rules_lib
+from quantface_jax.quant.qdlora import QDLoRAConv2d, QDLoRALinear
 from quantface_jax.quant import (CalibrationSettings, get_recipe, load_quantized, quantize, save_quantized,
                                 to_qdlora)
 
@@ -72,6 +80,42 @@ def quick_quantized(preset: str, *, setup_device: str = "default", cache: str | 
   return fp, student, recipe, time.perf_counter() - start
 
 
+def structural_qdlora(fp: nnx.Module, recipe, *, rank: int, lora_rank: int, seed: int = 0) -> nnx.Module:
+  """A clone of ``fp`` with the structure that ``to_qdlora(quantize(fp, recipe), rank=rank,
+  lora_rank=lora_rank)`` has (the same graph definition, state shapes and dtypes, and traced bits,
+  so the same compiled training step) but none of its calibration work: R is the FP weight,
+  smoothing 1, rotation signs random, static ranges [-4, 4], both branches drawn small. What it
+  computes is meaningless; how long that takes and how much memory it holds are the real student's.
+  """
+  rng = np.random.default_rng(seed)
+  model = nnx.clone(fp)
+
+  def convert(path, layer):
+    config = rules_lib.match(recipe.rules, path)
+    if config is None:
+      return None
+    kernel = layer.kernel[...]
+    taps_in, d_out = kernel.shape[:-1], kernel.shape[-1]
+    room = min(math.prod(taps_in), d_out)
+    r = min(rank, room)
+    r_lora = min(lora_rank, room - r)
+    draw = lambda *shape: rng.standard_normal(shape).astype(np.float32) * 0.02
+    d_in = taps_in[-1]
+    kwargs = dict(config=config, svd=(draw(*taps_in, r), draw(r, d_out)),
+                  lora=(draw(*taps_in, r_lora), np.zeros((r_lora, d_out), np.float32)) if r_lora else None,
+                  smooth=np.ones(d_in, np.float32) if config.smooth else None,
+                  rotation_signs=(hadamard.random_hadamard(d_in, rules_lib.layer_seed(seed, path)).signs
+                                  if config.rotate else None),
+                  a_range=(-4.0, 4.0))
+    if isinstance(layer, Conv2d):
+      return QDLoRAConv2d(kernel, None if layer.bias is None else layer.bias[...], stride=layer.stride,
+                          padding=layer.padding, **kwargs)
+    return QDLoRALinear(kernel, None if layer.bias is None else layer.bias[...], **kwargs)
+
+  rules_lib.replace_layers(model, list(rules_lib.iter_layers(model, rules_lib.FP_LAYERS)), convert)
+  return model
+
+
 def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
   """--setup-device and --setup-cache, which `from_args` reads."""
   parser.add_argument("--setup-cache", default=None, help="QDIR of the student: loaded if present, else written")
@@ -79,9 +123,47 @@ def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
                       help="where the student is quantized (cpu: the host, then moved)")
 
 
+def structure_matches(preset: str, *, rank: int = 16, lora_rank: int = 16) -> dict[str, bool]:
+  """Builds both students of ``preset`` and compares them: {"graphdef": same graph definition (module
+  types, static configs, rotation specs), "state": same state shapes, dtypes and weak types, "bits":
+  same traced widths}. All True means the training step traces to the same program."""
+  fp, calibrated, recipe, _ = quick_quantized(preset, qdlora_ranks=(rank, lora_rank))
+  structure = structural_qdlora(fp, recipe, rank=rank, lora_rank=lora_rank)
+  abstract = lambda m: jax.tree.map(lambda a: (a.shape, a.dtype, getattr(a, "weak_type", False)), nnx.state(m))
+  bits = lambda m: {k: np.asarray(v).tolist() for k, v in nnx.to_flat_state(nnx.state(m))
+                    if k[-1] in ("w_bits", "a_bits", "enabled")}
+  return dict(graphdef=nnx.graphdef(structure) == nnx.graphdef(calibrated),
+              state=abstract(structure) == abstract(calibrated), bits=bits(structure) == bits(calibrated))
+
+
+def structural(preset: str, *, setup_device: str = "default", qdlora_ranks: tuple[int, int]):
+  """(FP model, `structural_qdlora` student, recipe, setup seconds), as `quick_quantized` returns."""
+  start = time.perf_counter()
+  with setup_context(setup_device):
+    fp = build(preset)
+    recipe = bench_recipe()
+    student = structural_qdlora(fp, recipe, rank=qdlora_ranks[0], lora_rank=qdlora_ranks[1])
+  if setup_device == "cpu":
+    for model in (fp, student):
+      nnx.update(model, jax.device_put(nnx.state(model), jax.devices()[0]))
+  jax.block_until_ready((nnx.state(fp), nnx.state(student)))
+  log.info("%s structural student ready on %s after %.0f s", preset, jax.devices()[0], time.perf_counter() - start)
+  return fp, student, recipe, time.perf_counter() - start
+
+
 def from_args(args: argparse.Namespace, *, qdlora_ranks: tuple[int, int] | None = None):
-  """`quick_quantized` for ``args.preset`` with the `add_setup_arguments` flags; prints the setup time."""
-  models = quick_quantized(args.preset, setup_device=args.setup_device, cache=args.setup_cache,
-                           qdlora_ranks=qdlora_ranks)
+  """`quick_quantized` (or, with ``--student structure`` and QD-LoRA ranks, `structural`) for
+  ``args.preset`` with the `add_setup_arguments` flags; prints the setup time."""
+  if getattr(args, "student", "calibrated") == "structure" and qdlora_ranks is not None:
+    models = structural(args.preset, setup_device=args.setup_device, qdlora_ranks=qdlora_ranks)
+  else:
+    models = quick_quantized(args.preset, setup_device=args.setup_device, cache=args.setup_cache,
+                             qdlora_ranks=qdlora_ranks)
   print(f"setup ({args.setup_device}): {models[-1]:.0f} s", flush=True)
   return models
+
+
+if __name__ == "__main__":
+  import sys
+  # python benchmarks/bench_setup.py PRESET: does the structural student match the calibrated one there?
+  print(structure_matches(sys.argv[1] if len(sys.argv) > 1 else "tiny"))

@@ -7,9 +7,11 @@
 #   A QD-LoRA part written PART:setup or PART:compile stops there, leaving the student QDIR (setup) or
 #   also the compiled step (compile, in the persistent cache) in /tmp for the next call on the same
 #   warm machine: the sd21 step does not fit one 10-minute call cold, so chain
-#   `qdlora_b8:setup`, `qdlora_b8:compile`, `qdlora_b8`, one call each.
-# The student is quantized on the host's 16 CPU cores (the GPU compile path took > 5 min) and kept as a
-# QDIR in /tmp/sd21_w4a4 that the later parts (and later calls, while the machine stays warm) load.
+#   `qdlora_b8:setup`, `qdlora_b8:compile`, `qdlora_b8`, one call each. With
+#   QDLORA_ARGS="--student structure" (bench_setup.structural_qdlora: the same compiled step, built in
+#   seconds without calibration) there is no setup to chain: `qdlora_b4:compile`, then `qdlora_b4`.
+# The calibrated student is quantized on the host's 16 CPU cores (the GPU compile path took > 5 min) and
+# kept as a QDIR in /tmp/sd21_w4a4 that the later parts (and later calls, while the machine stays warm) load.
 # Rows go to $OUT/qdlora_sd21.jsonl and $OUT/sweep_sd21.json (rewritten after every sweep chunk, so a
 # cut run still gives the rate); logs to $OUT/sd21_<part>.log (the trainer logs the step's trace, lower and
 # XLA compile seconds as soon as it has compiled).
