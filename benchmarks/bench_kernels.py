@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from quantface_jax.kernels import (GemmBlocks, int_conv2d, int_matmul, pack_weight,  # noqa: E402
-                                   quantize_act)
+from quantface_jax.kernels import (GemmBlocks, group_norm_prologue, int_conv2d, int_matmul,  # noqa: E402
+                                   pack_weight, quantize_act)
 from quantface_jax.kernels.reference import (int_conv2d_ref, int_matmul_ref,  # noqa: E402
                                              quantize_act_ref)
 
@@ -47,6 +47,7 @@ class Plan:
     convs: tuple[tuple[int, int, int], ...]  # (batch, H=W, channels) of each 3x3 conv timed
     conv_backends: tuple[str, ...]  # int_conv2d backends to time
     quant: tuple[int, int, int]  # (M, K, Hadamard block) of the fused activation quantizer
+    quant_images: int  # images the M rows split into, for the GroupNorm + SiLU prologue variant
     quant_backends: tuple[str, ...]  # quantize_act backends to time
     repeats: int  # timed calls per case
     budget_s: float  # stop starting new cases after this many seconds
@@ -58,11 +59,11 @@ FULL = Plan(batches=(16, 8, 1), levels=((4096, 320), (1024, 640), (256, 1280), (
             pallas_blocks=(GemmBlocks(), GemmBlocks(block_m=128, block_n=128, block_k=128,
                                                     num_warps=8, num_stages=3)),
             convs=((16, 512, 128), (16, 64, 320), (16, 32, 640)),  # VAE decoder's largest; UNet
-            conv_backends=("xla", "pallas"), quant=(16 * 4096, 320, 64),
+            conv_backends=("xla", "pallas"), quant=(16 * 4096, 320, 64), quant_images=16,
             quant_backends=("xla", "pallas"), repeats=20, budget_s=260.0)
 SMOKE = Plan(batches=(1,), levels=((64, 32),), extra_kn=((64, 48, 32),),
              gemm_backends=("xla", "interpret"), pallas_blocks=(GemmBlocks(),), convs=((1, 16, 8),),
-             conv_backends=("xla", "interpret"), quant=(64, 64, 32),
+             conv_backends=("xla", "interpret"), quant=(64, 64, 32), quant_images=2,
              quant_backends=("xla", "interpret"), repeats=3, budget_s=120.0)
 
 
@@ -219,23 +220,31 @@ def _bench_one_conv(run: Runner, rng, batch: int, hw: int, c: int):
 
 
 def bench_quantize(run: Runner, rng):
+    """The fused quantizer ("a4"), and with the GroupNorm + SiLU prologue ("a4+gn_silu": the
+    statistics' reduction is in the timed function for every backend; "xla" is XLA's fusion of the
+    same program, the Pallas kernel reads the pre-norm activation once more instead)."""
     p = run.plan
     m, k, block = p.quant
     x = jnp.asarray(rng.standard_normal((m, k)), jnp.bfloat16)
     smooth = jnp.asarray(rng.uniform(0.5, 2.0, k), jnp.float32)
     rotation = jnp.asarray(np.stack([np.linalg.qr(rng.standard_normal((block, block)))[0]
                                      for _ in range(k // block)]), jnp.float32)
+    gamma, beta = (jnp.asarray(rng.uniform(lo, hi, k), jnp.float32) for lo, hi in ((0.5, 2), (-1, 1)))
+    prologues = {"a4": lambda a: None,
+                 "a4+gn_silu": lambda a: group_norm_prologue(a.reshape(p.quant_images, -1, k), gamma, beta,
+                                                             groups=32, eps=1e-6)}
     bits = jnp.int32(4)
-    base = dict(kind="quantize_act", M=m, K=k, N=block, batch=None, variant="a4")
-    for backend in p.quant_backends:
-        def body(backend=backend):
-            rows = min(m, CHECK_ROWS)
-            codes, _ = quantize_act(x[:rows], smooth, rotation, bits, backend=backend)
-            ref, _ = quantize_act_ref(x[:rows], smooth, rotation, bits)
-            fn = jax.jit(lambda a, b: quantize_act(a, smooth, rotation, b, backend=backend))
-            return {**max_errors(codes, ref), **roofline(
-                time_ms(fn, x, bits, repeats=p.repeats), 2.0 * m * k * block, 3 * m * k, "bf16")}
-        run.case({**base, "backend": backend}, body)
+    for variant, prologue in prologues.items():
+        base = dict(kind="quantize_act", M=m, K=k, N=block, batch=None, variant=variant)
+        for backend in p.quant_backends:
+            def body(backend=backend, prologue=prologue):
+                codes, _ = quantize_act(x, smooth, rotation, bits, prologue=prologue(x), backend=backend)
+                ref, _ = quantize_act_ref(x, smooth, rotation, bits, prologue(x))
+                fn = jax.jit(lambda a, b: quantize_act(a, smooth, rotation, b, prologue=prologue(a),
+                                                       backend=backend))
+                return {**max_errors(codes, ref), **roofline(
+                    time_ms(fn, x, bits, repeats=p.repeats), 2.0 * m * k * block, 3 * m * k, "bf16")}
+            run.case({**base, "backend": backend}, body)
 
 
 def recommend(results) -> dict:
@@ -243,7 +252,7 @@ def recommend(results) -> dict:
     "xla" on the cases where both ran correctly (max rel error < 1e-2); for dispatch.py."""
     best = {}
     for kind, variant in (("gemm", "w8a8"), ("gemm", "w4a8"), ("conv3x3", "w8a8"),
-                          ("quantize_act", "a4")):
+                          ("quantize_act", "a4"), ("quantize_act", "a4+gn_silu")):
         ok = [r for r in results if r["kind"] == kind and r["variant"] == variant
               and "ms" in r and r.get("max_rel_err", 1.0) < 1e-2]
         xla = {(r["M"], r["K"], r["N"]): r["ms"] for r in ok if r["backend"] == "xla"}

@@ -54,17 +54,18 @@ def int_matmul(xq, w, *, a_scale, w_scale, a_zero=None, w_colsum=None, bias=None
             return int_matmul_pallas(xq, w, **kw, blocks=blocks, interpret=True)
 
 
-def quantize_act(x, smooth, rotation, bits, *, backend: str = "auto"):
+def quantize_act(x, smooth, rotation, bits, *, prologue=None, backend: str = "auto"):
     """x [M, K] -> (int8 codes [M, K], f32 scales [M]): ``(x / smooth) @ rotation`` (either may be
     None: skipped), then per-token symmetric ``bits``-bit codes (``bits`` an int32 scalar array).
-    See `quantize_act` module."""
+    ``prologue`` (scale, shift) f32 [B, K] first applies GroupNorm + SiLU per image
+    (`reference.group_norm_prologue`). See `quantize_act` module."""
     match _resolve(backend, QUANTIZE_GPU_BACKEND):
         case "xla":
-            return quantize_act_xla(x, smooth, rotation, bits)
+            return quantize_act_xla(x, smooth, rotation, bits, prologue)
         case "pallas":
-            return quantize_act_pallas(x, smooth, rotation, bits)
+            return quantize_act_pallas(x, smooth, rotation, bits, prologue)
         case "interpret":
-            return quantize_act_pallas(x, smooth, rotation, bits, interpret=True)
+            return quantize_act_pallas(x, smooth, rotation, bits, prologue, interpret=True)
         case other:
             raise ValueError(f"quantize_act has no {other!r} backend")
 

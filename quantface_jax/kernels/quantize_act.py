@@ -1,12 +1,17 @@
-"""Fused activation quantization: smoothing -> randomized Hadamard rotation -> per-token codes.
+"""Fused activation quantization: [GroupNorm + SiLU ->] smoothing -> randomized Hadamard rotation
+-> per-token codes.
 
-    r = (x / smooth) @ Q                           f32 [M, K]
+    x' = silu(x * scale[b] + shift[b])               optional prologue, row m in image b = m // (M / B)
+    r = (x' / smooth) @ Q                            f32 [M, K]
     scale[m] = max(max_k |r[m, k]|, 1e-8) / qmax     qmax = 2^(bits-1) - 1
     codes[m, k] = clip(round_half_even(r / scale), -qmax, qmax)
 
 ``Q`` is given as dense f32 [K, K] or block-diagonal blocks f32 [K/b, b, b]; ``smooth`` or ``Q``
 None skips that step (the serving layers pass x already balanced). ``bits`` is an int32 scalar
-*array* (runtime data: one compiled function serves every bit width).
+*array* (runtime data: one compiled function serves every bit width). The prologue (scale, shift)
+f32 [B, K] is a GroupNorm folded into a per-image channel affine (`reference.group_norm_prologue`,
+one reduction over x), so a layer after GroupNorm + SiLU reads the pre-norm activation once more
+here instead of XLA writing and re-reading the normalized one.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ from jax.experimental import pallas as pl
 
 from quantface_jax.kernels.int_matmul import triton_params
 from quantface_jax.kernels.reference import (bits_to_qmax, quantize_act_ref, quantize_with_scale,
-                                             row_scale)
+                                             row_scale, silu)
 
 
-def _quantize_kernel(x_ref, *refs, has_smooth, has_rotation, chunk):
+def _quantize_kernel(x_ref, *refs, has_prologue, has_smooth, has_rotation, chunk):
     *in_refs, codes_ref, scale_ref = refs
     in_refs = iter(in_refs)
+    pscale_ref, pshift_ref = (next(in_refs), next(in_refs)) if has_prologue else (None, None)
     smooth_ref = next(in_refs) if has_smooth else None
     rot_ref = next(in_refs) if has_rotation else None
     qmax = next(in_refs)[...]
@@ -34,6 +40,8 @@ def _quantize_kernel(x_ref, *refs, has_smooth, has_rotation, chunk):
     def rotated_block(j):
         cols = pl.ds(j * b, b)
         xs = x_ref[:, cols].astype(jnp.float32)
+        if has_prologue:  # this tile's image row of the per-image affine; padded columns stay 0
+            xs = silu(xs * pscale_ref[:, cols] + pshift_ref[:, cols])
         if has_smooth:
             xs = xs / smooth_ref[:, cols]
         return jnp.dot(xs, rot_ref[j], preferred_element_type=jnp.float32) if has_rotation else xs
@@ -50,9 +58,12 @@ def _quantize_kernel(x_ref, *refs, has_smooth, has_rotation, chunk):
 
 
 @functools.partial(jax.jit, static_argnames=("block_m", "interpret"))
-def quantize_act_pallas(x, smooth, rotation, bits, *, block_m: int = 32, interpret: bool = False):
+def quantize_act_pallas(x, smooth, rotation, bits, prologue=None, *, block_m: int = 32,
+                        interpret: bool = False):
     """Pallas fused quantizer. ``x`` bf16/f32 [M, K]; ``smooth`` f32 [K] or None; ``rotation`` f32
-    [K, K] or [K/b, b, b] or None; ``bits`` int32 scalar array -> (int8 codes [M, K], f32 scales [M]).
+    [K, K] or [K/b, b, b] or None; ``bits`` int32 scalar array; ``prologue`` None or (scale, shift)
+    f32 [B, K] for B images of M / B rows (a multiple of ``block_m``, so a row tile never straddles
+    two images) -> (int8 codes [M, K], f32 scales [M]).
 
     Grid ``(ceil(M / block_m),)``; each program holds x [block_m, K'] and the whole rotation, and
     does one [block_m, b'] x [b', b'] dot per rotation block per pass (without a rotation: works on
@@ -64,6 +75,9 @@ def quantize_act_pallas(x, smooth, rotation, bits, *, block_m: int = 32, interpr
     """
     m, k = x.shape
     mp = -(-m // block_m) * block_m
+    if prologue is not None and (m % prologue[0].shape[0] or (m // prologue[0].shape[0]) % block_m):
+        raise ValueError(f"quantize_act prologue: {m} rows do not split into {prologue[0].shape[0]} images "
+                         f"of a multiple of block_m={block_m} rows")
     if rotation is not None:
         blocks = (rotation[None] if rotation.ndim == 2 else rotation).astype(jnp.float32)
         num_blocks, b = blocks.shape[:2]
@@ -83,12 +97,17 @@ def quantize_act_pallas(x, smooth, rotation, bits, *, block_m: int = 32, interpr
     kw = num_blocks * width
     full = lambda shape: pl.BlockSpec(shape, lambda i: (0,) * len(shape))
     operands = []  # (array, BlockSpec) of the optional steps, in kernel order
+    if prologue is not None:
+        tiles_per_image = m // prologue[0].shape[0] // block_m
+        image_row = pl.BlockSpec((1, kw), lambda i: (i // tiles_per_image, 0))
+        for part, fill in zip(prologue, (1.0, 0.0)):  # padded columns: silu(0 * 1 + 0) = 0
+            operands.append((split(jnp.asarray(part, jnp.float32), fill), image_row))
     if smooth is not None:
         operands.append((split(jnp.asarray(smooth, jnp.float32).reshape(1, k), 1.0), full((1, kw))))
     if rotation is not None:
         operands.append((blocks, full(blocks.shape)))
     codes, scale = pl.pallas_call(
-        functools.partial(_quantize_kernel, has_smooth=smooth is not None,
+        functools.partial(_quantize_kernel, has_prologue=prologue is not None, has_smooth=smooth is not None,
                           has_rotation=rotation is not None, chunk=width),
         out_shape=(jax.ShapeDtypeStruct((mp, kw), jnp.int8),
                    jax.ShapeDtypeStruct((mp, 1), jnp.float32)),

@@ -89,6 +89,33 @@ def int_matmul_ref(xq, w_stored, *, a_scale, w_scale, a_zero=None, w_colsum=None
         out_dtype=out_dtype)
 
 
+def silu(y):
+    """``y * sigmoid(y)`` as ``y / (1 + exp(-y))`` (f32): one formula for the kernels and their
+    references (Pallas's Triton lowering has ``exp``; the codes then match bit for bit)."""
+    return y / (1.0 + jnp.exp(-y))
+
+
+def norm_silu_ref(x, prologue):
+    """The GroupNorm + SiLU prologue: ``silu(x * scale[b] + shift[b])`` in f32, ``x`` [M, K] holding
+    B images of M / B rows each, ``prologue`` = (scale, shift) f32 [B, K] (`group_norm_prologue`)."""
+    scale, shift = (jnp.asarray(a, jnp.float32) for a in prologue)
+    b, k = scale.shape
+    xs = jnp.asarray(x, jnp.float32).reshape(b, -1, k)
+    return silu(xs * scale[:, None] + shift[:, None]).reshape(-1, k)
+
+
+def group_norm_prologue(x, gamma, beta, *, groups: int, eps: float):
+    """GroupNorm (statistics in f32, as ``models.layers.GroupNorm``) folded into a per-image channel
+    affine: ``x`` [B, L, C] -> (scale, shift) f32 [B, C] with GroupNorm(x) = x * scale + shift."""
+    b, _, c = x.shape
+    g = jnp.asarray(x, jnp.float32).reshape(b, -1, groups, c // groups)
+    mean = g.mean(axis=(1, 3))
+    rstd = lax.rsqrt(jnp.square(g - mean[:, None, :, None]).mean(axis=(1, 3)) + eps)
+    per_channel = lambda a: jnp.repeat(a, c // groups, axis=1)  # [B, groups] -> [B, C]
+    scale = per_channel(rstd) * jnp.asarray(gamma, jnp.float32)
+    return scale, jnp.asarray(beta, jnp.float32) - per_channel(mean) * scale
+
+
 def rotate_ref(x, smooth, rotation):
     """``(x / smooth) @ Q`` in f32: ``x`` [M, K]; ``smooth`` [K]; ``rotation`` dense [K, K] or
     block-diagonal blocks [K/b, b, b] (one ``[M, b] @ [b, b]`` dot per block, in block order).
@@ -112,8 +139,11 @@ def bits_to_qmax(bits):
     return (jnp.left_shift(jnp.int32(1), bits - 1) - 1).astype(jnp.float32)
 
 
-def quantize_act_ref(x, smooth, rotation, bits):
-    """Reference of `quantize_act`: -> (int8 codes [M, K], f32 scales [M])."""
+def quantize_act_ref(x, smooth, rotation, bits, prologue=None):
+    """Reference of `quantize_act`: -> (int8 codes [M, K], f32 scales [M]); ``prologue`` (scale,
+    shift) [B, K] first applies `norm_silu_ref`."""
+    if prologue is not None:
+        x = norm_silu_ref(x, prologue)
     rotated, qmax = rotate_ref(x, smooth, rotation), bits_to_qmax(bits)
     scale = row_scale(jnp.max(jnp.abs(rotated), axis=1, keepdims=True), qmax)
     return quantize_with_scale(rotated, scale, qmax), scale[:, 0]

@@ -16,15 +16,18 @@ def _lower_for_cuda(fn, *args) -> str:
     return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
 
-@pytest.mark.parametrize("k,smooth,block", [(128, False, None), (128, True, None), (128, True, 64),
-                                             (320, False, None), (48, True, None), (80, True, 20)])
-def test_quantize_act_lowers_to_triton(k, smooth, block):
+@pytest.mark.parametrize("k,smooth,block,prologue", [
+    (128, False, None, False), (128, True, None, False), (128, True, 64, False), (320, False, None, False),
+    (48, True, None, False), (80, True, 20, False), (320, True, 64, True), (80, True, 20, True)])
+def test_quantize_act_lowers_to_triton(k, smooth, block, prologue):
     """Triton tiles must be powers of two: sd21's widths (320, 640, 1280) and non-power-of-two
-    rotation blocks are padded inside (the serving model of `tiny`, K = 48, found this)."""
+    rotation blocks are padded inside (the serving model of `tiny`, K = 48, found this); the
+    GroupNorm + SiLU prologue (3 images of 32 rows) lowers too."""
     x = jnp.zeros((96, k), jnp.bfloat16)
     smooth_arr = jnp.ones(k) if smooth else None
     rotation = jnp.stack([jnp.eye(block)] * (k // block)) if block else None
-    text = _lower_for_cuda(lambda x: quantize_act_pallas(x, smooth_arr, rotation, jnp.int32(4)), x)
+    affine = (jnp.ones((3, k)), jnp.zeros((3, k))) if prologue else None
+    text = _lower_for_cuda(lambda x: quantize_act_pallas(x, smooth_arr, rotation, jnp.int32(4), affine), x)
     assert "triton" in text
 
 

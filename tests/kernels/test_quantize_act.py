@@ -3,8 +3,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from quantface_jax.kernels import quantize_act
-from quantface_jax.kernels.reference import quantize_act_ref, round_half_even
+from quantface_jax.kernels import group_norm_prologue, quantize_act
+from quantface_jax.kernels.reference import norm_silu_ref, quantize_act_ref, rotate_ref, round_half_even
 
 
 def _rotation(rng, k, block):
@@ -63,3 +63,50 @@ def test_codes_equal_reference_without_rotation(k):
         ref_codes, ref_scale = quantize_act_ref(x, smooth, None, jnp.int32(4))
         np.testing.assert_array_equal(codes, ref_codes)
         np.testing.assert_array_equal(scale, ref_scale)
+
+
+@pytest.mark.parametrize("backend", ["interpret", "xla"])
+@pytest.mark.parametrize("images,rows,k,block", [(3, 64, 320, 64), (2, 32, 48, None), (1, 96, 80, 20)])
+def test_group_norm_silu_prologue_matches_reference(backend, images, rows, k, block):
+    """The fused prologue: GroupNorm (as a per-image affine) + SiLU before smoothing, rotation and
+    codes. Unlike the plain quantizer, this one has a multiply-add before the rounding, which each
+    compiled program may or may not contract into an FMA: scales agree to 1e-6, and a code may
+    differ only by one and only where the reference sits within 1e-3 of a rounding tie."""
+    rng = np.random.default_rng()
+    x = rng.standard_normal((images, rows, k)) * rng.uniform(0.1, 10, k) + rng.uniform(-3, 3, k)
+    x = jnp.asarray(x, jnp.bfloat16)
+    prologue = group_norm_prologue(x, rng.uniform(0.5, 2, k), rng.uniform(-1, 1, k), groups=4, eps=1e-6)
+    smooth = rng.uniform(0.5, 2.0, k).astype(np.float32)
+    rotation = None if block is None else _rotation(rng, k, block)
+    flat = x.reshape(-1, k)
+    for bits in (4, 8):
+        codes, scale = quantize_act(flat, smooth, rotation, jnp.int32(bits), prologue=prologue, backend=backend)
+        ref_codes, ref_scale = quantize_act_ref(flat, smooth, rotation, jnp.int32(bits), prologue)
+        np.testing.assert_allclose(scale, ref_scale, rtol=1e-6)
+        real = np.asarray(rotate_ref(norm_silu_ref(flat, prologue), smooth, rotation)) / np.asarray(ref_scale)[:, None]
+        off = np.asarray(codes, np.int32) != np.asarray(ref_codes, np.int32)
+        assert np.all(np.abs(np.asarray(codes, np.int32) - np.asarray(ref_codes, np.int32))[off] == 1)
+        assert np.all(np.abs(np.abs(real - np.floor(real)) - 0.5)[off] < 1e-3), real[off]
+        assert off.mean() < 1e-3
+    # Without the prologue the codes differ: the kernel did apply it.
+    assert not np.array_equal(codes, quantize_act(flat, smooth, rotation, jnp.int32(8), backend=backend)[0])
+
+
+def test_prologue_rows_must_split_into_whole_tiles_per_image():
+    x = jnp.ones((2 * 40, 64), jnp.float32)  # 40 rows per image: not a multiple of block_m=32
+    prologue = (jnp.ones((2, 64)), jnp.zeros((2, 64)))
+    with pytest.raises(ValueError, match="do not split"):
+        quantize_act(x, None, None, jnp.int32(4), prologue=prologue, backend="interpret")
+
+
+def test_group_norm_prologue_is_the_models_group_norm_then_silu():
+    from quantface_jax.models.layers import GroupNorm, silu
+
+    rng = np.random.default_rng()
+    x = jnp.asarray(rng.standard_normal((2, 8, 8, 64)) * 3 + 1, jnp.float32)
+    norm = GroupNorm(32, 64, eps=1e-6)
+    norm.scale[...] = jnp.asarray(rng.uniform(0.5, 2, 64), jnp.float32)
+    norm.bias[...] = jnp.asarray(rng.uniform(-1, 1, 64), jnp.float32)
+    scale, shift = group_norm_prologue(x.reshape(2, 64, 64), norm.scale[...], norm.bias[...], groups=32, eps=1e-6)
+    got = norm_silu_ref(x.reshape(-1, 64), (scale, shift))
+    np.testing.assert_allclose(got, silu(norm(x)).reshape(-1, 64), rtol=1e-5, atol=1e-5)
