@@ -155,6 +155,8 @@ def iterate_batches(dataset: Dataset, batch_size: int, *, shuffle: bool = True, 
       each given a share of every batch. For CPU-heavy loading (degradation on the fly) beside a
       training loop: loader threads contend for the GIL that the loop's dispatch needs too (a
       jitted step's dispatch ran 3-6x slower beside two degrading threads on a 2-core machine).
+      Spawned processes re-import the caller's main module, as with any `multiprocessing` spawn:
+      call it from a script file or a notebook, not from `python -` on standard input.
 
   Yields:
     Tuples of fields: arrays as (B, H, W, 3) float32 in [0, 1], other fields as lists.
