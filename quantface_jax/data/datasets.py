@@ -154,7 +154,8 @@ def iterate_batches(dataset: Dataset, batch_size: int, *, shuffle: bool = True, 
     processes: load in `workers` spawned processes, each sent `dataset` once (it must pickle), and
       each given a share of every batch. For CPU-heavy loading (degradation on the fly) beside a
       training loop: loader threads contend for the GIL that the loop's dispatch needs too (a
-      jitted step's dispatch ran 3-6x slower beside two degrading threads on a 2-core machine).
+      jitted step's dispatch ran 7x slower beside two degrading threads on a 2-core machine:
+      benchmarks/bench_loader.py).
       Spawned processes re-import the caller's main module, as with any `multiprocessing` spawn:
       call it from a script file or a notebook, not from `python -` on standard input.
 
