@@ -238,8 +238,9 @@ def bench_quantize(run: Runner, rng):
         base = dict(kind="quantize_act", M=m, K=k, N=block, batch=None, variant=variant)
         for backend in p.quant_backends:
             def body(backend=backend, prologue=prologue):
-                codes, _ = quantize_act(x, smooth, rotation, bits, prologue=prologue(x), backend=backend)
-                ref, _ = quantize_act_ref(x, smooth, rotation, bits, prologue(x))
+                affine = prologue(x)
+                codes, _ = quantize_act(x, smooth, rotation, bits, prologue=affine, backend=backend)
+                ref, _ = quantize_act_ref(x, smooth, rotation, bits, affine)
                 fn = jax.jit(lambda a, b: quantize_act(a, smooth, rotation, b, prologue=prologue(a),
                                                        backend=backend))
                 return {**max_errors(codes, ref), **roofline(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import os
 import time
 
@@ -29,7 +28,7 @@ from quantface_jax.models import build
 from quantface_jax.models.layers import Conv2d
 from quantface_jax.quant import hadamard
 from quantface_jax.quant import rules as rules_lib
-from quantface_jax.quant.qdlora import QDLoRAConv2d, QDLoRALinear
+from quantface_jax.quant.qdlora import QDLoRAConv2d, QDLoRALinear, branch_ranks
 from quantface_jax.quant import (CalibrationSettings, get_recipe, load_quantized, quantize, save_quantized,
                                 to_qdlora)
 
@@ -71,6 +70,12 @@ def quick_quantized(preset: str, *, setup_device: str = "default", cache: str | 
     log.info("%s student %s in %.0f s", preset, how, time.perf_counter() - start)
     if qdlora_ranks is not None:
       student = to_qdlora(student, rank=qdlora_ranks[0], lora_rank=qdlora_ranks[1], inplace=True)
+  return _ready(fp, student, recipe, setup_device=setup_device, start=start)
+
+
+def _ready(fp: nnx.Module, student: nnx.Module, recipe, *, setup_device: str, start: float):
+  """Both models on the default device (moved there from the host after a "cpu" setup), waited
+  for: (fp, student, recipe, setup seconds since ``start``)."""
   if setup_device == "cpu":
     target = jax.devices()[0]
     for model in (fp, student):
@@ -96,9 +101,7 @@ def structural_qdlora(fp: nnx.Module, recipe, *, rank: int, lora_rank: int, seed
       return None
     kernel = layer.kernel[...]
     taps_in, d_out = kernel.shape[:-1], kernel.shape[-1]
-    room = min(math.prod(taps_in), d_out)
-    r = min(rank, room)
-    r_lora = min(lora_rank, room - r)
+    r, r_lora = branch_ranks(kernel.shape, rank, lora_rank)
     draw = lambda *shape: rng.standard_normal(shape).astype(np.float32) * 0.02
     d_in = taps_in[-1]
     kwargs = dict(config=config, svd=(draw(*taps_in, r), draw(r, d_out)),
@@ -107,10 +110,10 @@ def structural_qdlora(fp: nnx.Module, recipe, *, rank: int, lora_rank: int, seed
                   rotation_signs=(hadamard.random_hadamard(d_in, rules_lib.layer_seed(seed, path)).signs
                                   if config.rotate else None),
                   a_range=(-4.0, 4.0))
+    bias = None if layer.bias is None else layer.bias[...]
     if isinstance(layer, Conv2d):
-      return QDLoRAConv2d(kernel, None if layer.bias is None else layer.bias[...], stride=layer.stride,
-                          padding=layer.padding, **kwargs)
-    return QDLoRALinear(kernel, None if layer.bias is None else layer.bias[...], **kwargs)
+      return QDLoRAConv2d(kernel, bias, stride=layer.stride, padding=layer.padding, **kwargs)
+    return QDLoRALinear(kernel, bias, **kwargs)
 
   rules_lib.replace_layers(model, list(rules_lib.iter_layers(model, rules_lib.FP_LAYERS)), convert)
   return model
@@ -143,12 +146,7 @@ def structural(preset: str, *, setup_device: str = "default", qdlora_ranks: tupl
     fp = build(preset)
     recipe = bench_recipe()
     student = structural_qdlora(fp, recipe, rank=qdlora_ranks[0], lora_rank=qdlora_ranks[1])
-  if setup_device == "cpu":
-    for model in (fp, student):
-      nnx.update(model, jax.device_put(nnx.state(model), jax.devices()[0]))
-  jax.block_until_ready((nnx.state(fp), nnx.state(student)))
-  log.info("%s structural student ready on %s after %.0f s", preset, jax.devices()[0], time.perf_counter() - start)
-  return fp, student, recipe, time.perf_counter() - start
+  return _ready(fp, student, recipe, setup_device=setup_device, start=start)
 
 
 def from_args(args: argparse.Namespace, *, qdlora_ranks: tuple[int, int] | None = None):

@@ -150,24 +150,32 @@ def _rebuild(cls, layer, kernel, **extra):
   return new
 
 
+def branch_ranks(kernel_shape: tuple[int, ...], rank: int, lora_rank: int) -> tuple[int, int]:
+  """(SVD rank, LoRA rank) of a layer with kernel (*taps, d_in, d_out): with m = min(taps·d_in,
+  d_out), min(rank, m) and min(lora_rank, m − SVD rank)."""
+  room = min(math.prod(kernel_shape[:-1]), kernel_shape[-1])
+  svd_rank = min(rank, room)
+  return svd_rank, min(lora_rank, room - svd_rank)
+
+
 def qdlora_layer(layer: QuantLinear | QuantConv2d, *, rank: int, lora_rank: int, sigma: float,
                  rng: np.random.Generator, learn_scales: bool = False
                  ) -> QDLoRALinear | QDLoRAConv2d:
   """The QD-LoRA form of one quantized layer: Ŵ = R + L1·L2 (its own split, if any) is re-split at
   ``rank``; the LoRA down factor is drawn from ``rng``.
 
-  With m = min(taps·d_in, d_out), the SVD rank is min(rank, m) and the LoRA rank
-  min(lora_rank, m − SVD rank), so the merged pair has rank min(rank + lora_rank, m): a plain
-  quantized layer with ``low_rank = rank + lora_rank`` has the same shapes.
+  The ranks are `branch_ranks`', so the merged pair has rank min(rank + lora_rank, m) with
+  m = min(taps·d_in, d_out): a plain quantized layer with ``low_rank = rank + lora_rank`` has the
+  same shapes.
   """
   kernel = np.asarray(layer.kernel[...], np.float64)
   w_hat = kernel
   if layer.low_rank_down is not None:
     w_hat = kernel + (np.asarray(layer.low_rank_down[...], np.float64)
                       @ np.asarray(layer.low_rank_up[...], np.float64)).reshape(kernel.shape)
+  rank, lora_rank = branch_ranks(kernel.shape, rank, lora_rank)
   residual, down, up = low_rank_split(w_hat, rank)
   taps_in = kernel.shape[:-1]
-  lora_rank = min(lora_rank, min(math.prod(taps_in), kernel.shape[-1]) - down.shape[-1])
   lora = None
   if lora_rank > 0:
     lora = (rng.standard_normal((*taps_in, lora_rank)) * sigma, np.zeros((lora_rank, up.shape[-1])))
