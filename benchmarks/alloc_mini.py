@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 from quantface_jax.alloc import allocate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from quantface_jax.checkpoint import load  # pylint: disable=g-import-not-at-top,wrong-import-position
 from quantface_jax.evaluate import evaluate, synthetic_set  # pylint: disable=g-import-not-at-top,wrong-import-position
+from quantface_jax.fileio import atomic_write_text  # pylint: disable=g-import-not-at-top,wrong-import-position
 from quantface_jax.inference import make_restore_fn  # pylint: disable=g-import-not-at-top,wrong-import-position
 from quantface_jax.quant import get_recipe, set_bits  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -105,7 +106,7 @@ def main() -> None:
                    e=table.e[table.paths.index(p)].tolist(), p=table.p[table.paths.index(p)].tolist())
               for c, _, p in model_order(table.paths)],
       histogram={int(b): int(np.sum(result.allocation.a_bits == b)) for b in table.widths})
-  (results / f"{stem}.json").write_text(json.dumps(report, indent=1))
+  atomic_write_text(results / f"{stem}.json", json.dumps(report, indent=1))
   plot(report["layers"], f"mini, {recipe.name} (alpha {args.alpha or 'searched'}): activation width "
        f"per layer (mean {result.meta['mean_width']:.3f}, weights 4 bit)", results / f"{stem}.png")
   cols = ("psnr", "ssim", "niqe", "psnr_vs_fp")
@@ -122,7 +123,7 @@ def main() -> None:
   md += ["| " + r["variant"] + " | " + " | ".join(
       f"{r[c]:.4f}" if c in r else "" for c in cols) + " |" for r in rows]
   md.append(f"\n![activation width per layer]({stem}.png)\n")
-  (results / f"{stem}.md").write_text("\n".join(md))
+  atomic_write_text(results / f"{stem}.md", "\n".join(md))
   print("\n".join(md))
 
 

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from quantface_jax.kernels import (GemmBlocks, group_norm_prologue, int_conv2d, int_matmul,  # noqa: E402
                                    pack_weight, quantize_act)
+from quantface_jax.fileio import atomic_write_text  # noqa: E402
 from quantface_jax.kernels.reference import (int_conv2d_ref, int_matmul_ref,  # noqa: E402
                                              quantize_act_ref)
 
@@ -326,7 +327,7 @@ def main():
         print(_row(r))
     print("recommendation:", json.dumps(summary["recommendation"], indent=1))
     if args.out:
-        args.out.write_text(json.dumps(summary, indent=1))
+        atomic_write_text(args.out, json.dumps(summary, indent=1))
         print(f"wrote {args.out}")
 
 

@@ -28,6 +28,7 @@ from quantface_jax.alloc.allocate import allocatable_paths  # pylint: disable=wr
 from quantface_jax.alloc.sensitivity import sensitivity_sweep  # pylint: disable=wrong-import-position
 import bench_setup  # pylint: disable=wrong-import-position
 from quantface_jax.cli import configure_logging  # pylint: disable=wrong-import-position
+from quantface_jax.fileio import atomic_write_text  # pylint: disable=wrong-import-position
 
 
 def main() -> None:
@@ -69,7 +70,7 @@ def main() -> None:
     timing.update(configs_done=done - 1, first_chunk_s=stamps[0] - sweep_start,
                   elapsed_s=stamps[-1] - sweep_start,
                   configs_per_s=(done - min(rows, args.chunk_size)) / steady_s if steady_s > 0 else None)
-    pathlib.Path(args.out).write_text(json.dumps(dict(head, partial=True, **timing), indent=1))
+    atomic_write_text(args.out, json.dumps(dict(head, partial=True, **timing), indent=1))
 
   table = sensitivity_sweep(model, lq, paths=paths, widths=widths, chunk_size=args.chunk_size,
                             batch_size=args.batch_size, progress=False, on_chunk=record_chunk)
@@ -78,7 +79,7 @@ def main() -> None:
   print(json.dumps(row, indent=1))
   print(f"{configs} layer x width configurations in {table.sweep_time_s:.1f} s "
         f"({row['configs_per_s'] or float('nan'):.2f} configs/s steady)")
-  pathlib.Path(args.out).write_text(json.dumps(row, indent=1))
+  atomic_write_text(args.out, json.dumps(row, indent=1))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from flax import nnx
 from quantface_jax.checkpoint import load
 from quantface_jax.cli import calibration_batches
 from quantface_jax.evaluate import evaluate, synthetic_set
+from quantface_jax.fileio import atomic_write_text
 from quantface_jax.inference import make_restore_fn
 from quantface_jax.models.osdface import abstract
 from quantface_jax.quant import (RECIPES, account, calibrate, get_bits, get_recipe, parse_bits,
@@ -111,8 +112,8 @@ def main(argv=None) -> None:
               machine=f'{platform.machine()} CPU, {os.cpu_count()} cores (shared), jax {jax.__version__}')
   sd21 = sd21_account()
   RESULTS.mkdir(exist_ok=True)
-  (RESULTS / 'ptq_mini.json').write_text(json.dumps(dict(meta=meta, rows=rows, sd21=sd21), indent=1))
-  (RESULTS / 'ptq_mini.md').write_text(markdown(rows, sd21, meta))
+  atomic_write_text(RESULTS / 'ptq_mini.json', json.dumps(dict(meta=meta, rows=rows, sd21=sd21), indent=1))
+  atomic_write_text(RESULTS / 'ptq_mini.md', markdown(rows, sd21, meta))
   (RESULTS / 'ptq_mini_grid.png').write_bytes((pathlib.Path(args.out) / 'grid.png').read_bytes())
   print(markdown(rows, sd21, meta))
 

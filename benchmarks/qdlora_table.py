@@ -14,6 +14,8 @@ import argparse
 import json
 import pathlib
 
+from quantface_jax.fileio import atomic_write_text
+
 RESULTS = pathlib.Path(__file__).parent / "results"
 # (eval variant, row label); the ablation runs from "balancing only" to "+ QD-LoRA training".
 ROWS = (("input", "input (LQ)"), ("fp", "mini fp32"), ("baseline", "best PTQ baseline at W4A4 ({recipe}, ptq_mini.md)"),
@@ -58,14 +60,13 @@ def main() -> None:
   parser.add_argument("--ptq", type=pathlib.Path, default=RESULTS / "ptq_mini.json")
   parser.add_argument("--results", type=pathlib.Path, default=RESULTS)
   args = parser.parse_args()
-  eval_rows = json.loads((args.eval_dir / "metrics.json").read_text())
-  eval_rows = eval_rows["rows"] if isinstance(eval_rows, dict) else eval_rows
+  eval_rows = json.loads((args.eval_dir / "metrics.json").read_text())  # evaluate(): a list of rows
   rows, md = build_table(eval_rows, json.loads(args.ptq.read_text())["rows"])
-  (args.results / "qdlora_mini.json").write_text(json.dumps(dict(
+  atomic_write_text(args.results / "qdlora_mini.json", json.dumps(dict(
       eval_set="200 faces of celebahq512 4000-4199, degradation seed 0, 128 px",
       command="bash benchmarks/remeasure_mini.sh qdlora", rows=rows), indent=1))
-  (args.results / "qdlora_mini.md").write_text(
-      "# QD-LoRA on `mini` (128 px)\n\nEval set: 200 faces of celebahq512 (4000–4199), degradation seed 0. "
+  atomic_write_text(
+      args.results / "qdlora_mini.md", "# QD-LoRA on `mini` (128 px)\n\nEval set: 200 faces of celebahq512 (4000–4199), degradation seed 0. "
       "Made by `bash benchmarks/remeasure_mini.sh qdlora` (commands there); rows: `qdlora_mini.json`.\n\n" + md + "\n")
   print(md)
 
