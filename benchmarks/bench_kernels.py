@@ -290,7 +290,8 @@ def _row(r: dict) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=None, help="JSON results path")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="summary JSON path (.json); the rows stream to the same name with .jsonl")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CPU check)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per case")
     parser.add_argument("--budget-s", type=float, default=None, help="stop starting cases after this long")
@@ -309,6 +310,8 @@ def main():
     chosen = args.sections.split(",")
     if unknown := set(chosen) - set(sections):
         parser.error(f"--sections: unknown {sorted(unknown)}; choose from {sorted(sections)}")
+    if args.out and args.out.suffix == ".jsonl":  # the rows stream there; the summary would overwrite them
+        parser.error(f"--out {args.out}: name the summary's .json; its rows stream to the .jsonl beside it")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
     run = Runner(plan, args.out.with_suffix(".jsonl") if args.out else None)

@@ -75,7 +75,8 @@ def time_jax(variants: dict, batches: list[int], iters: int, res: int, emit, pro
              hlo: bool = False) -> None:
   """``variants``: name -> (load() -> model, dtype), all of one structure: their batch sizes are
   compiled once; then each variant x batch is timed (and, with ``profile_top``,
-  traced: its heaviest ops go to the row's ``top_ops``; with ``hlo``, the row's ``hlo`` is
+  traced: its heaviest ops go to the row's ``top_ops``, all its device time summed by
+  `profiling.op_kinds` to ``time_by_kind``; with ``hlo``, the row's ``hlo`` is
   `profiling.hlo_summary` of the compiled program) and handed to ``emit(row)``."""
   import jax
   from flax import nnx
@@ -108,7 +109,9 @@ def time_jax(variants: dict, batches: list[int], iters: int, res: int, emit, pro
                  peak_mem_gb=stats.get("peak_bytes_in_use", float("nan")) / 2**30,
                  compile_s=compile_s, load_s=load_s)
       if profile_top:
-        row["top_ops"] = profiling.trace_calls(lambda: fn(state, lqs[b]), calls=2, top=profile_top)
+        ops = profiling.trace_calls(lambda: fn(state, lqs[b]), calls=2, top=None, device_only=True)
+        row["top_ops"] = ops[:profile_top]
+        row["time_by_kind"] = profiling.time_by_kind(ops, profiling.op_kinds(fn.as_text()))
       if hlo:
         row["hlo"] = profiling.hlo_summary(fn.as_text())
       print(json.dumps(row), flush=True)
@@ -175,7 +178,8 @@ def main() -> None:
                  help="add profiling.hlo_summary of each compiled program to its row (which convs run on int8 "
                  "through which library call; whether SiLU is fused into the quantizer)")
   p.add_argument("--profile-top", type=int, default=0,
-                 help="trace two calls per JAX row after timing and keep its N heaviest ops (top_ops); "
+                 help="trace two calls per JAX row after timing; keep its N heaviest ops (top_ops) and its "
+                      "device time by kind of op (time_by_kind: int8 convs, quantize, dequantize...); "
                       "ops in CUDA graphs are named only with XLA_FLAGS=--xla_gpu_enable_command_buffer=")
   args = p.parse_args()
   if args.conv_gpu_backend:

@@ -4,10 +4,11 @@
 # batch 1 and 16; one process per part (clean peak memory), each under a timeout.
 # Usage (device tool, carrying the wheels in .whl): bash benchmarks/run_serve_h200.sh [PART ...]
 #   parts: export W4 W8A8 bf16 torch_eager_fp16 torch_compile_fp16
-#   default: export W4 W8A8 bf16 torch_eager_fp16. Measured in session 7 (batch 16 only, BENCH_ARGS=
-#   "--batches 16"): export 150 s (quantizes on the host's CPU), W4 84 s, W8A8 + bf16 180 s, the torch
-#   parts 200 s, torch_compile_fp16 (on request) 126 s per batch size; more than one 10-minute call, so
-#   chain calls on the warm machine (the SERVE_DIRs stay in /tmp).
+#   default: export W4 W8A8 bf16 torch_eager_fp16. Measured in session 10 (batch 16, BENCH_ARGS=
+#   "--batches 16"): export ~100 s (quantizes on the host's CPU), W4 with its compile 215 s cold, 38 s
+#   with a carried .xla_autotune, W8A8 + bf16 ~150 s, torch_eager_fp16 (batches 1 and 16) ~100 s,
+#   torch_compile_fp16 ~130 s per batch size: more than one 10-minute call, so chain calls on the warm
+#   machine (the SERVE_DIRs stay in /tmp).
 # Rows go to $OUT/h200_quantized.json (a JSON list); logs to $OUT/serve_<part>.log.
 source "$(dirname "$0")/h200_env.sh"
 parts=${*:-export W4 W8A8 bf16 torch_eager_fp16}

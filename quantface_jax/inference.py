@@ -23,7 +23,8 @@ def cast_for_inference(model: OSDFace, dtype) -> nnx.State:
   """The model's state with UNet and VAE parameters cast to ``dtype``.
 
   The VRE and embedding_change keep float32: their nearest-code search picks the tokens, and
-  bf16 weights would change which codes win (they are <1% of the work).
+  bf16 weights would change which codes win. That costs time: on the H200 the sd21 VRE takes 25 ms
+  of a 186-ms bf16 restore of 16 faces, 12 ms of it in its float32 convs (README).
   """
   state = nnx.state(model)
   if dtype == jnp.float32:

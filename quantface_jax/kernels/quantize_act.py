@@ -44,7 +44,10 @@ def _quantize_kernel(x_ref, *refs, has_prologue, has_smooth, has_rotation, chunk
             xs = silu(xs * pscale_ref[:, cols] + pshift_ref[:, cols])
         if has_smooth:
             xs = xs / smooth_ref[:, cols]
-        return jnp.dot(xs, rot_ref[j], preferred_element_type=jnp.float32) if has_rotation else xs
+        if not has_rotation:
+            return xs
+        # Full f32 (Triton's IEEE input precision), as the reference: its default, TF32, flips codes.
+        return jnp.dot(xs, rot_ref[j], preferred_element_type=jnp.float32, precision=jax.lax.Precision.HIGHEST)
 
     # Two passes over the rotation blocks (static, unrolled): the row max needs every block before
     # any code can be written; recomputing a block's rotation is cheaper than keeping [bm, K] live.

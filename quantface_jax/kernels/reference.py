@@ -119,7 +119,9 @@ def group_norm_prologue(x, gamma, beta, *, groups: int, eps: float):
 def rotate_ref(x, smooth, rotation):
     """``(x / smooth) @ Q`` in f32: ``x`` [M, K]; ``smooth`` [K]; ``rotation`` dense [K, K] or
     block-diagonal blocks [K/b, b, b] (one ``[M, b] @ [b, b]`` dot per block, in block order).
-    ``smooth`` / ``rotation`` None: that step is skipped (x already balanced by the caller)."""
+    ``smooth`` / ``rotation`` None: that step is skipped (x already balanced by the caller).
+    The dots run at full f32 precision, as the fake-quant layers' Hadamard transform does: a GPU's
+    default for f32 (TF32, 10 mantissa bits) moves values by ~1e-3 and flips codes."""
     xs = jnp.asarray(x, jnp.float32)
     if smooth is not None:
         xs = xs / jnp.asarray(smooth, jnp.float32)[None, :]
@@ -129,8 +131,8 @@ def rotate_ref(x, smooth, rotation):
     blocks = rotation[None] if rotation.ndim == 2 else rotation
     b = blocks.shape[-1]
     return jnp.concatenate(
-        [jnp.dot(xs[:, j * b:(j + 1) * b], blocks[j], preferred_element_type=jnp.float32)
-         for j in range(blocks.shape[0])], axis=1)
+        [jnp.dot(xs[:, j * b:(j + 1) * b], blocks[j], preferred_element_type=jnp.float32,
+                 precision=jax.lax.Precision.HIGHEST) for j in range(blocks.shape[0])], axis=1)
 
 
 def bits_to_qmax(bits):

@@ -25,7 +25,7 @@ from quantface_jax.fileio import atomic_write_text
 log = logging.getLogger("quantface")
 
 
-def summarize_trace(trace_dir: str, *, steps: int, top: int = 40) -> list[dict]:
+def summarize_trace(trace_dir: str, *, steps: int, top: int | None = 40, device_only: bool = False) -> list[dict]:
   """Rows {plane, op, ms_per_step, calls_per_step, share[, source]} of the newest trace under `trace_dir`.
 
   Device planes (``/device:...``) count their stream lines (kernels; an ``hlo_op`` stat names the
@@ -33,14 +33,18 @@ def summarize_trace(trace_dir: str, *, steps: int, top: int = 40) -> list[dict]:
   C++ scopes (``ThunkExecutor::Execute`` and the like, which enclose the ops and would count them
   twice). ``share`` is the op's fraction of its plane's counted time; ``source``, where the trace
   has it, is the JAX operation the op came from (its ``tf_op`` or ``long_name`` stat). `steps`: how
-  many steps the trace holds (the per-step divisor).
+  many steps the trace holds (the per-step divisor); `top` None keeps every row; `device_only` drops
+  the host planes when the trace has a device plane.
   """
   paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
   if not paths:
     raise FileNotFoundError(f"no *.xplane.pb trace under {trace_dir}")
   profile = jax.profiler.ProfileData.from_file(paths[-1])
   rows = []
-  for plane in profile.planes:
+  planes = list(profile.planes)
+  if device_only and any(p.name.startswith("/device:") for p in planes):
+    planes = [p for p in planes if p.name.startswith("/device:")]
+  for plane in planes:
     lines = list(plane.lines)
     if plane.name.startswith("/device:"):
       lines = [line for line in lines if line.name.startswith("Stream")] or lines
@@ -64,8 +68,8 @@ def summarize_trace(trace_dir: str, *, steps: int, top: int = 40) -> list[dict]:
   return sorted(rows, key=device_first)[:top]
 
 
-def trace_calls(call, *, calls: int, top: int) -> list[dict]:
-  """The `top` heaviest ops ({op, ms_per_step[, source]}, device first) of ``calls`` runs of
+def trace_calls(call, *, calls: int, top: int | None, device_only: bool = False) -> list[dict]:
+  """The `top` (None: all) heaviest ops ({op, ms_per_step[, source]}, device first) of ``calls`` runs of
   ``call()`` (each waited for), traced into a temporary directory. On a GPU, ops that XLA runs
   inside CUDA graphs appear as ``command_buffer_N``: ``XLA_FLAGS=--xla_gpu_enable_command_buffer=``
   names them."""
@@ -74,7 +78,7 @@ def trace_calls(call, *, calls: int, top: int) -> list[dict]:
     for _ in range(calls):
       jax.block_until_ready(call())
     jax.profiler.stop_trace()
-    rows = summarize_trace(trace_dir, steps=calls, top=top)
+    rows = summarize_trace(trace_dir, steps=calls, top=top, device_only=device_only)
   return [{k: r[k] for k in ("op", "ms_per_step", "source") if k in r} for r in rows]
 
 
@@ -82,6 +86,36 @@ _COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) .*\{$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(?P<name>[\w.\-]+) = (?P<shape>.*?) (?P<op>[a-z][a-z0-9\-]*)\((?P<args>.*)$")
 _DTYPE = re.compile(r"\b(pred|[suf]\d+|bf16|f8e\w+)\[")
 _SIGMOID_OPS = {"logistic", "exponential"}  # SiLU's sigmoid: XLA's GPU keeps `logistic`, its CPU expands it
+
+
+def _parse_hlo(hlo_text: str):
+  """(bodies: computation -> its opcodes, dtypes: instruction -> its first result dtype,
+  instructions: [(computation, name, result dtype, opcode, args)], called: computations that are
+  fusion bodies or reducers) of an optimized HLO module's text."""
+  bodies: dict[str, set[str]] = {}
+  dtypes: dict[str, str] = {}
+  instructions: list[tuple[str, str, str, str, str]] = []
+  current = None
+  for line in hlo_text.splitlines():
+    if (m := _COMPUTATION.match(line)) is not None:
+      current = m.group(1)
+      bodies[current] = set()
+    elif current is not None and (m := _INSTRUCTION.match(line)) is not None:
+      result = _DTYPE.search(m.group("shape"))
+      dtypes[m.group("name")] = result.group(1) if result else "?"
+      bodies[current].add(m.group("op"))
+      instructions.append((current, m.group("name"), dtypes[m.group("name")], m.group("op"), m.group("args")))
+  called = {c for *_, args in instructions for c in re.findall(r"(?:calls|to_apply)=%([\w.\-]+)", args)}
+  return bodies, dtypes, instructions, called
+
+
+def _operands(args: str) -> list[str]:
+  """The instruction names an HLO instruction's argument list starts with."""
+  return re.findall(r"%([\w.\-]+)", args.split(")")[0])
+
+
+def _is_integer(dtype: str) -> bool:
+  return dtype[0] in "su" and dtype[1:].isdigit()
 
 
 def hlo_summary(hlo_text: str) -> dict:
@@ -95,41 +129,92 @@ def hlo_summary(hlo_text: str) -> dict:
   sigmoid": n (of those, bodies with a logistic/exponential), "float_fusions_with_sigmoid": n}, over
   the module's non-fused computations (a fusion's body counts through its fusion instruction).
   """
-  bodies: dict[str, set[str]] = {}  # computation -> its opcodes
-  dtypes: dict[str, str] = {}  # instruction -> its (first) result dtype
-  instructions: list[tuple[str, str, str, str]] = []  # (computation, result dtype, opcode, args)
-  current = None
-  for line in hlo_text.splitlines():
-    if (m := _COMPUTATION.match(line)) is not None:
-      current = m.group(1)
-      bodies[current] = set()
-    elif current is not None and (m := _INSTRUCTION.match(line)) is not None:
-      result = _DTYPE.search(m.group("shape"))
-      dtypes[m.group("name")] = result.group(1) if result else "?"
-      bodies[current].add(m.group("op"))
-      instructions.append((current, dtypes[m.group("name")], m.group("op"), m.group("args")))
-  called = {c for *_, args in instructions for c in re.findall(r"(?:calls|to_apply)=%([\w.\-]+)", args)}
+  bodies, dtypes, instructions, called = _parse_hlo(hlo_text)
   summary = dict(fusions=0, custom_calls=collections.Counter(), convolutions=collections.Counter(),
                  integer_fusions=0, integer_fusions_with_sigmoid=0, float_fusions_with_sigmoid=0)
-  for computation, dtype, op, args in instructions:
+  for computation, _, dtype, op, args in instructions:
     if computation in called:  # fusion bodies and reducers count through their callers
       continue
     target = re.search(r'custom_call_target="([^"]+)"', args)
     if op == "custom-call":
       summary["custom_calls"][target.group(1)] += 1
     if op == "convolution" or (target and "conv" in target.group(1).lower()):
-      operands = [dtypes.get(name, "?") for name in re.findall(r"%([\w.\-]+)", args.split(")")[0])[:2]]
+      operands = [dtypes.get(name, "?") for name in _operands(args)[:2]]
       summary["convolutions"][f"{target.group(1) if target else op} {','.join(operands)} -> {dtype}"] += 1
     if op == "fusion":
       summary["fusions"] += 1
       body = re.search(r"calls=%([\w.\-]+)", args)
       sigmoid = body is not None and bool(bodies.get(body.group(1), set()) & _SIGMOID_OPS)
-      if dtype[0] in "su" and dtype[1:].isdigit():
+      if _is_integer(dtype):
         summary["integer_fusions"] += 1
         summary["integer_fusions_with_sigmoid"] += sigmoid
       elif dtype in ("bf16", "f16", "f32"):
         summary["float_fusions_with_sigmoid"] += sigmoid
   return {k: dict(v) if isinstance(v, collections.Counter) else v for k, v in summary.items()}
+
+
+def op_kinds(hlo_text: str) -> dict[str, str]:
+  """A kind for each op a compiled program runs (instruction name -> kind), so that a trace's
+  per-op times (`trace_calls`) add up to where the time goes:
+
+  - ``conv <operand dtypes> -> <result>``: a convolution (an HLO one or a cuDNN call);
+  - ``gemm <operand dtypes> -> <result>``: a cuBLAS call, an HLO dot, or a fusion around one
+    (XLA's Triton GEMMs);
+  - ``attention``: a fused attention call (cuDNN's flash attention);
+  - ``quantize -> <int>``: any other fusion that writes integer codes;
+  - ``dequantize (reads an integer op's output)``: a fusion fed by an integer conv or GEMM, the
+    epilogue a float layer does not have;
+  - ``reduction -> <dtype>``: a fusion with a reduce (GroupNorm's statistics, softmax);
+  - ``elementwise -> <dtype>``: the other fusions;
+  - otherwise the opcode (``copy``, ``transpose``, a custom call's target...).
+  """
+  bodies, dtypes, instructions, called = _parse_hlo(hlo_text)
+  kinds: dict[str, str] = {}
+  source: dict[str, str] = {}  # get-tuple-element -> the instruction it unpacks
+  for computation, name, dtype, op, args in instructions:
+    if computation in called:
+      continue
+    operands = _operands(args)
+    operand_dtypes = ",".join(dtypes.get(o, "?") for o in operands[:2])
+    target = re.search(r'custom_call_target="([^"]+)"', args)
+    body = re.search(r"calls=%([\w.\-]+)", args)
+    body_ops = bodies.get(body.group(1), set()) if body else set()
+    if op == "get-tuple-element":
+      source[name] = source.get(operands[0], operands[0])
+      kind = "get-tuple-element"
+    elif op == "convolution" or (target and "conv" in target.group(1).lower()):
+      kind = f"conv {operand_dtypes} -> {dtype}"
+    elif op == "dot" or (target and ("cublas" in target.group(1) or "gemm" in target.group(1).lower())) \
+        or body_ops & {"dot", "convolution"}:
+      kind = f"gemm {operand_dtypes} -> {dtype}"
+    elif target and ("fmha" in target.group(1) or "attention" in target.group(1).lower()):
+      kind = "attention"
+    elif op == "fusion":
+      fed_by_integer_op = any(kinds.get(source.get(o, o), "").startswith(("conv s", "gemm s", "conv u", "gemm u"))
+                              for o in operands)
+      if _is_integer(dtype):
+        kind = f"quantize -> {dtype}"
+      elif fed_by_integer_op:
+        kind = "dequantize (reads an integer op's output)"
+      elif "reduce" in body_ops:
+        kind = f"reduction -> {dtype}"
+      else:
+        kind = f"elementwise -> {dtype}"
+    else:
+      kind = target.group(1) if target else op
+    kinds[name] = kind
+  return kinds
+
+
+def time_by_kind(ops: list[dict], kinds: dict[str, str]) -> list[dict]:
+  """Rows {kind, ms_per_step, ops} of the traced ``ops`` (`trace_calls` rows) summed by `op_kinds`,
+  heaviest first; ops the program's text does not name (a trace's runtime events) are ``other``."""
+  ms, count = collections.Counter(), collections.Counter()
+  for row in ops:
+    kind = kinds.get(row["op"], "other")
+    ms[kind] += row["ms_per_step"]
+    count[kind] += 1
+  return [dict(kind=k, ms_per_step=round(v, 4), ops=count[k]) for k, v in ms.most_common()]
 
 
 def _is_op(name: str) -> bool:

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import pytest
 
 from quantface_jax.kernels import group_norm_prologue, quantize_act
+from quantface_jax.kernels.quantize_act import quantize_act_pallas
 from quantface_jax.kernels.reference import norm_silu_ref, quantize_act_ref, rotate_ref, round_half_even
 
 
@@ -110,3 +111,20 @@ def test_group_norm_prologue_is_the_models_group_norm_then_silu():
     scale, shift = group_norm_prologue(x.reshape(2, 64, 64), norm.scale[...], norm.bias[...], groups=32, eps=1e-6)
     got = norm_silu_ref(x.reshape(-1, 64), (scale, shift))
     np.testing.assert_allclose(got, silu(norm(x)).reshape(-1, 64), rtol=1e-5, atol=1e-5)
+
+
+
+@pytest.mark.parametrize("kernel", ["pallas", "reference"])
+def test_rotation_dots_ask_for_full_f32_precision(kernel):
+    """A GPU runs an f32 dot at its default precision in TF32 (10 mantissa bits; Triton's default
+    too), which moves rotated values by ~1e-3 and flips codes (session 10's H200 run: the Pallas
+    quantizer a code off by one against the reference). The CPU computes f32 either way, so this
+    reads the traced program: every rotation dot asks for HIGHEST, as the fake-quant layers'
+    Hadamard transform does."""
+    rotation = jnp.stack([jnp.eye(64)] * 2)
+    fn = {"pallas": lambda x: quantize_act_pallas(x, None, rotation, jnp.int32(4), interpret=True),
+          "reference": lambda x: quantize_act_ref(x, None, rotation, jnp.int32(4))}[kernel]
+    text = str(jax.make_jaxpr(fn)(jnp.zeros((32, 128))))
+    dots = text.count("dot_general[")
+    assert dots >= 2, text
+    assert text.count("precision=(Precision.HIGHEST, Precision.HIGHEST)") == dots, text

@@ -1,6 +1,14 @@
 """A QD-LoRA distillation step sharded over 8 fake CPU devices (data=4 x fsdp=2) equals the
-single-device step to float32 tolerance (pure data parallelism: tests/train/test_sharded.py, on the
-generic trainer; each mesh here is one more minute-long compile of the distillation step)."""
+single-device step (pure data parallelism: tests/train/test_sharded.py, on the generic trainer; each
+mesh here is one more minute-long compile of the distillation step).
+
+Fake quantization makes the step discontinuous: a different reduction order moves an activation by
+one float32 ulp, which can flip its code by a whole quantization step. Session 10 saw that on a new
+CPU: the quantized step's loss differed by 4e-4 and its gradient norm by 0.9% between the meshes.
+So the float32-tolerance check runs with fake quantization off (the balanced student, perturbed so
+that it does not equal the teacher and the loss is no cancellation), and the quantized step, the
+same compiled program with the `enabled` flags set (they are data), gets the tolerance of a few
+flipped codes, which still catches a missing all-reduce or a wrong fsdp gather (errors of order 1)."""
 
 import os
 import subprocess
@@ -16,10 +24,10 @@ SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from flax import nnx
     from quantface_jax import checkpoint
-    from quantface_jax.quant import qdlora
+    from quantface_jax.quant import qdlora, set_quant_enabled
     from quantface_jax.quant.export import load_quantized
     from quantface_jax.train import distill, mesh as mesh_lib, trainer
-    from quantface_jax.train.config_utils import apply_overrides, load_config_file
+    from quantface_jax.train.config_utils import load_config_file
 
     assert len(jax.devices()) == 8
     config = load_config_file("configs/qdlora_tiny.py")
@@ -30,6 +38,10 @@ SCRIPT = textwrap.dedent("""
     for data, fsdp in ((1, 1), (4, 2)):
       cfg = distill.trainer_config(config)
       student = qdlora.to_qdlora(quantized, rank=4, lora_rank=4, sigma=0.05)
+      noise = np.random.default_rng(1)
+      nnx.update(student, jax.tree.map(lambda v: v * (1 + 0.05 * noise.standard_normal(v.shape)).astype(v.dtype),
+                                       nnx.state(student, nnx.Param)))
+      set_quant_enabled(student, False)
       stage = distill.distill_stage(student, checkpoint.load("tiny"), config, None, [])
       cfg.steps = 4
       mesh = mesh_lib.make_mesh(data, fsdp, devices=jax.devices()[:data * fsdp])
@@ -38,20 +50,31 @@ SCRIPT = textwrap.dedent("""
       frozen_sh, batch_sh = program.frozen_sharding, program.batch_sharding
       if fsdp > 1:  # the frozen teacher and residuals are split over "fsdp"
         assert any("fsdp" in s.spec for s in jax.tree.leaves(frozen_sh))
-      state, metrics = program.step(jax.device_put(state, program.state_sharding),
-                                    jax.device_put(program.frozen, frozen_sh), trainer.to_global(batch, batch_sh))
-      results[(data, fsdp)] = ({k: np.asarray(v[...]) for k, v in nnx.to_flat_state(state.params)},
-                               float(metrics["loss"]), float(metrics["grad_norm"]))
-    ref_params, ref_loss, ref_norm = results[(1, 1)]
-    # A first Adam step moves every parameter by about ±lr whatever its gradient's size, so entries
-    # with near-zero gradients may differ by a fraction of lr: params are compared to 5% of lr.
-    atol = 0.05 * config.train.lr
-    for key, (params, loss, norm) in results.items():
-      np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
-      np.testing.assert_allclose(norm, ref_norm, rtol=1e-4)
-      for k, v in params.items():
-        np.testing.assert_allclose(v, ref_params[k], rtol=1e-4, atol=atol, err_msg=f"{key} {k}")
-    print("OK")
+      quantized_frozen = jax.tree_util.tree_map_with_path(
+          lambda path, x: np.ones_like(x) if "enabled" in jax.tree_util.keystr(path) else x, program.frozen)
+      for mode, frozen in (("fp", program.frozen), ("quantized", quantized_frozen)):
+        fresh = jax.tree.map(np.array, state)  # the step donates its state: new buffers each time
+        new_state, metrics = program.step(jax.device_put(fresh, program.state_sharding),
+                                          jax.device_put(frozen, frozen_sh), trainer.to_global(batch, batch_sh))
+        results[(data, fsdp, mode)] = ({k: np.asarray(v[...]) for k, v in nnx.to_flat_state(new_state.params)},
+                                       float(metrics["loss"]), float(metrics["grad_norm"]))
+    # An Adam step moves every parameter by about ±lr whatever its gradient's size, so an entry whose
+    # gradient is near zero may move differently by up to 2 lr: at most 0.1% of a tensor's entries
+    # may lie further than 5% of lr from the single-device step, and none further than 2 lr.
+    lr = config.train.lr
+    ref_params, ref_loss, ref_norm = results[(1, 1, "fp")]
+    params, loss, norm = results[(4, 2, "fp")]
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    np.testing.assert_allclose(norm, ref_norm, rtol=1e-4)
+    for k, v in params.items():
+      gap = np.abs(v - ref_params[k])
+      assert np.mean(gap > 0.05 * lr + 1e-4 * np.abs(ref_params[k])) <= 1e-3 and gap.max() <= 2 * lr, (k, gap.max())
+    _, q_ref_loss, q_ref_norm = results[(1, 1, "quantized")]
+    _, q_loss, q_norm = results[(4, 2, "quantized")]
+    assert abs(q_ref_loss - ref_loss) > 1e-3 * ref_loss, (q_ref_loss, ref_loss)  # the flags took effect
+    np.testing.assert_allclose(q_loss, q_ref_loss, rtol=2e-3)
+    np.testing.assert_allclose(q_norm, q_ref_norm, rtol=3e-2)
+    print("OK", ref_loss, loss, ref_norm, norm, "quantized", q_ref_loss, q_loss, q_ref_norm, q_norm)
 """)
 
 
