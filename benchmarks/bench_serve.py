@@ -108,12 +108,13 @@ def time_jax(variants: dict, batches: list[int], iters: int, res: int, emit, pro
       row = dict(variant=variant, batch=b, faces_per_s=b / ms * 1e3, latency_ms=ms,
                  peak_mem_gb=stats.get("peak_bytes_in_use", float("nan")) / 2**30,
                  compile_s=compile_s, load_s=load_s)
+      hlo_text = fn.as_text() if profile_top or hlo else None
       if profile_top:
         ops = profiling.trace_calls(lambda: fn(state, lqs[b]), calls=2, top=None, device_only=True)
         row["top_ops"] = ops[:profile_top]
-        row["time_by_kind"] = profiling.time_by_kind(ops, profiling.op_kinds(fn.as_text()))
+        row["time_by_kind"] = profiling.time_by_kind(ops, profiling.op_kinds(hlo_text))
       if hlo:
-        row["hlo"] = profiling.hlo_summary(fn.as_text())
+        row["hlo"] = profiling.hlo_summary(hlo_text)
       print(json.dumps(row), flush=True)
       emit(row)
     state = None  # frees this variant's weights before the next loads

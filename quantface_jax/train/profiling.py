@@ -118,6 +118,16 @@ def _is_integer(dtype: str) -> bool:
   return dtype[0] in "su" and dtype[1:].isdigit()
 
 
+def _custom_call_target(args: str) -> str | None:
+  target = re.search(r'custom_call_target="([^"]+)"', args)
+  return target.group(1) if target else None
+
+
+def _is_conv(op: str, target: str | None) -> bool:
+  """An HLO convolution or a library call that runs one (cuDNN's)."""
+  return op == "convolution" or (target is not None and "conv" in target.lower())
+
+
 def hlo_summary(hlo_text: str) -> dict:
   """What an optimized HLO module (``jax.jit(f).lower(...).compile().as_text()``) runs, for
   questions a timing cannot answer: which convolutions run on integer operands and through which
@@ -135,12 +145,12 @@ def hlo_summary(hlo_text: str) -> dict:
   for computation, _, dtype, op, args in instructions:
     if computation in called:  # fusion bodies and reducers count through their callers
       continue
-    target = re.search(r'custom_call_target="([^"]+)"', args)
+    target = _custom_call_target(args)
     if op == "custom-call":
-      summary["custom_calls"][target.group(1)] += 1
-    if op == "convolution" or (target and "conv" in target.group(1).lower()):
+      summary["custom_calls"][target] += 1
+    if _is_conv(op, target):
       operands = [dtypes.get(name, "?") for name in _operands(args)[:2]]
-      summary["convolutions"][f"{target.group(1) if target else op} {','.join(operands)} -> {dtype}"] += 1
+      summary["convolutions"][f"{target or op} {','.join(operands)} -> {dtype}"] += 1
     if op == "fusion":
       summary["fusions"] += 1
       body = re.search(r"calls=%([\w.\-]+)", args)
@@ -171,37 +181,40 @@ def op_kinds(hlo_text: str) -> dict[str, str]:
   bodies, dtypes, instructions, called = _parse_hlo(hlo_text)
   kinds: dict[str, str] = {}
   source: dict[str, str] = {}  # get-tuple-element -> the instruction it unpacks
+  integer_ops: set[str] = set()  # convs and GEMMs on integer operands
   for computation, name, dtype, op, args in instructions:
     if computation in called:
       continue
     operands = _operands(args)
     operand_dtypes = ",".join(dtypes.get(o, "?") for o in operands[:2])
-    target = re.search(r'custom_call_target="([^"]+)"', args)
+    target = _custom_call_target(args)
     body = re.search(r"calls=%([\w.\-]+)", args)
     body_ops = bodies.get(body.group(1), set()) if body else set()
+    is_conv = _is_conv(op, target)
+    is_gemm = not is_conv and (op == "dot" or bool(body_ops & {"dot", "convolution"})
+                               or (target is not None and ("cublas" in target or "gemm" in target.lower())))
+    if (is_conv or is_gemm) and operands and _is_integer(dtypes.get(operands[0], "?")):
+      integer_ops.add(name)
     if op == "get-tuple-element":
       source[name] = source.get(operands[0], operands[0])
       kind = "get-tuple-element"
-    elif op == "convolution" or (target and "conv" in target.group(1).lower()):
+    elif is_conv:
       kind = f"conv {operand_dtypes} -> {dtype}"
-    elif op == "dot" or (target and ("cublas" in target.group(1) or "gemm" in target.group(1).lower())) \
-        or body_ops & {"dot", "convolution"}:
+    elif is_gemm:
       kind = f"gemm {operand_dtypes} -> {dtype}"
-    elif target and ("fmha" in target.group(1) or "attention" in target.group(1).lower()):
+    elif target and ("fmha" in target or "attention" in target.lower()):
       kind = "attention"
     elif op == "fusion":
-      fed_by_integer_op = any(kinds.get(source.get(o, o), "").startswith(("conv s", "gemm s", "conv u", "gemm u"))
-                              for o in operands)
       if _is_integer(dtype):
         kind = f"quantize -> {dtype}"
-      elif fed_by_integer_op:
+      elif any(source.get(o, o) in integer_ops for o in operands):
         kind = "dequantize (reads an integer op's output)"
       elif "reduce" in body_ops:
         kind = f"reduction -> {dtype}"
       else:
         kind = f"elementwise -> {dtype}"
     else:
-      kind = target.group(1) if target else op
+      kind = target or op
     kinds[name] = kind
   return kinds
 

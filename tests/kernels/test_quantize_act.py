@@ -113,7 +113,6 @@ def test_group_norm_prologue_is_the_models_group_norm_then_silu():
     np.testing.assert_allclose(got, silu(norm(x)).reshape(-1, 64), rtol=1e-5, atol=1e-5)
 
 
-
 @pytest.mark.parametrize("kernel", ["pallas", "reference"])
 def test_rotation_dots_ask_for_full_f32_precision(kernel):
     """A GPU runs an f32 dot at its default precision in TF32 (10 mantissa bits; Triton's default
