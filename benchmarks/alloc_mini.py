@@ -31,31 +31,44 @@ from quantface_jax.fileio import atomic_write_text  # pylint: disable=g-import-n
 from quantface_jax.inference import make_restore_fn  # pylint: disable=g-import-not-at-top,wrong-import-position
 from quantface_jax.quant import get_recipe, set_bits  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-COMPONENTS = (("VAE enc", "vae.encoder", "tab:blue"), ("VAE enc", "vae.quant_conv", "tab:blue"),
-              ("UNet", "unet.", "tab:orange"), ("VAE dec", "vae.post_quant_conv", "tab:green"),
-              ("VAE dec", "vae.decoder", "tab:green"))
+COMPONENTS = (
+  ("VAE enc", "vae.encoder", "tab:blue"),
+  ("VAE enc", "vae.quant_conv", "tab:blue"),
+  ("UNet", "unet.", "tab:orange"),
+  ("VAE dec", "vae.post_quant_conv", "tab:green"),
+  ("VAE dec", "vae.decoder", "tab:green"),
+)
 
 
 def model_order(paths):
   """(component, colour, path) in execution order: VAE encoder, UNet, VAE decoder."""
-  return [(name, colour, p) for name, prefix, colour in COMPONENTS for p in paths
-          if p.startswith(prefix)]
+  return [
+    (name, colour, p) for name, prefix, colour in COMPONENTS for p in paths if p.startswith(prefix)
+  ]
 
 
 def plot(layers: list[dict], title: str, path: pathlib.Path) -> None:
   """Bar per layer (`layers`: rows with component and a_bits, in execution order)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   from matplotlib.patches import Patch  # pylint: disable=g-import-not-at-top
+
   colours = {name: colour for name, _, colour in COMPONENTS}
   bits = [row["a_bits"] for row in layers]
   fig, ax = plt.subplots(figsize=(14, 3.5))
   ax.bar(range(len(bits)), bits, width=1.0, color=[colours[row["component"]] for row in layers])
-  ax.set(xlabel="layer (execution order)", ylabel="activation bits", ylim=(0, max(bits) + 0.7),
-         xlim=(-1, len(bits)), title=title)
-  ax.legend(handles=[Patch(color=c, label=n) for n, c in colours.items()], loc="upper right",
-            ncols=3)
+  ax.set(
+    xlabel="layer (execution order)",
+    ylabel="activation bits",
+    ylim=(0, max(bits) + 0.7),
+    xlim=(-1, len(bits)),
+    title=title,
+  )
+  ax.legend(
+    handles=[Patch(color=c, label=n) for n, c in colours.items()], loc="upper right", ncols=3
+  )
   fig.tight_layout()
   fig.savefig(path, dpi=120)
 
@@ -65,8 +78,12 @@ def main() -> None:
   parser.add_argument("--recipe", default="quantface")
   parser.add_argument("--budget", type=float, default=4.0)
   parser.add_argument("--lam", type=float, default=1.0)
-  parser.add_argument("--alpha", type=float, default=None,
-                      help="fixed smoothing alpha instead of the recipe's (quantface: searched)")
+  parser.add_argument(
+    "--alpha",
+    type=float,
+    default=None,
+    help="fixed smoothing alpha instead of the recipe's (quantface: searched)",
+  )
   parser.add_argument("--calib-count", type=int, default=32)
   parser.add_argument("--sweep-count", type=int, default=2)
   parser.add_argument("--faces", type=int, default=200, help="validation faces from 4000")
@@ -81,47 +98,81 @@ def main() -> None:
   fp = load("mini")
   overrides = {} if args.alpha is None else {"alpha": args.alpha}
   recipe = get_recipe(args.recipe, "W4A4", **overrides)
-  result = allocate(fp, args.hq, recipe=recipe, budget=args.budget, lam=args.lam,
-                    calib_count=args.calib_count, sweep_count=args.sweep_count,
-                    out=work / "bits.json", cache_dir=work / "sweep")
+  result = allocate(
+    fp,
+    args.hq,
+    recipe=recipe,
+    budget=args.budget,
+    lam=args.lam,
+    calib_count=args.calib_count,
+    sweep_count=args.sweep_count,
+    out=work / "bits.json",
+    cache_dir=work / "sweep",
+  )
   allocate_s = time.perf_counter() - start
   uniform = nnx.clone(result.model)
   set_bits(uniform, {p: (4, 4) for p in result.table.paths})
 
   res = fp.config.resolution
-  eval_set = synthetic_set(args.hq, work / "eval", resolution=res,
-                           indices=range(4000, 4000 + args.faces), seed=0)
-  variants = {"fp": make_restore_fn(fp), "W4A4": make_restore_fn(uniform),
-              f"mixed A{result.meta['mean_width']:.2f}": make_restore_fn(result.model)}
+  eval_set = synthetic_set(
+    args.hq, work / "eval", resolution=res, indices=range(4000, 4000 + args.faces), seed=0
+  )
+  variants = {
+    "fp": make_restore_fn(fp),
+    "W4A4": make_restore_fn(uniform),
+    f"mixed A{result.meta['mean_width']:.2f}": make_restore_fn(result.model),
+  }
   rows = evaluate(variants, eval_set, work / "eval", resolution=res)
 
   stem = "alloc_mini" if args.recipe == "quantface" else f"alloc_mini_{args.recipe}"
   table = result.table
   report = dict(
-      command=" ".join(["python", *sys.argv]), machine=f"{platform.node()} {platform.processor()} "
-      f"(CPU, {__import__('os').cpu_count()} cores, shared)", eval_set=eval_set.description,
-      meta=result.meta, allocate_s=allocate_s, sweep_s=table.sweep_time_s,
-      sweep_configs=len(table.paths) * len(table.widths), rows=rows,
-      layers=[dict(path=p, component=c, a_bits=result.bits_map[p][1],
-                   e=table.e[table.paths.index(p)].tolist(), p=table.p[table.paths.index(p)].tolist())
-              for c, _, p in model_order(table.paths)],
-      histogram={int(b): int(np.sum(result.allocation.a_bits == b)) for b in table.widths})
+    command=" ".join(["python", *sys.argv]),
+    machine=f"{platform.node()} {platform.processor()} "
+    f"(CPU, {__import__('os').cpu_count()} cores, shared)",
+    eval_set=eval_set.description,
+    meta=result.meta,
+    allocate_s=allocate_s,
+    sweep_s=table.sweep_time_s,
+    sweep_configs=len(table.paths) * len(table.widths),
+    rows=rows,
+    layers=[
+      dict(
+        path=p,
+        component=c,
+        a_bits=result.bits_map[p][1],
+        e=table.e[table.paths.index(p)].tolist(),
+        p=table.p[table.paths.index(p)].tolist(),
+      )
+      for c, _, p in model_order(table.paths)
+    ],
+    histogram={int(b): int(np.sum(result.allocation.a_bits == b)) for b in table.widths},
+  )
   atomic_write_text(results / f"{stem}.json", json.dumps(report, indent=1))
-  plot(report["layers"], f"mini, {recipe.name} (alpha {args.alpha or 'searched'}): activation width "
-       f"per layer (mean {result.meta['mean_width']:.3f}, weights 4 bit)", results / f"{stem}.png")
+  plot(
+    report["layers"],
+    f"mini, {recipe.name} (alpha {args.alpha or 'searched'}): activation width "
+    f"per layer (mean {result.meta['mean_width']:.3f}, weights 4 bit)",
+    results / f"{stem}.png",
+  )
   cols = ("psnr", "ssim", "niqe", "psnr_vs_fp")
-  md = [f"# Mixed-precision activations on `mini` ({result.meta['recipe']})\n",
-        f"`{report['command']}` on {report['machine']}.\n",
-        f"{eval_set.description}. Calibration on faces 0..{args.calib_count - 1} (seed 1); sweep on "
-        f"the first {args.sweep_count} of them: {report['sweep_configs']} configurations in "
-        f"{table.sweep_time_s:.0f} s ({report['sweep_configs'] / table.sweep_time_s:.2f} "
-        f"configs/s); allocate end to end {allocate_s:.0f} s.\n",
-        f"Budget: mean activation width <= {args.budget} (element-weighted), lambda "
-        f"{args.lam}; achieved {result.meta['mean_width']:.4f}; widths chosen "
-        f"{report['histogram']}.\n", "| variant | " + " | ".join(cols) + " |",
-        "|---|" + "---|" * len(cols)]
-  md += ["| " + r["variant"] + " | " + " | ".join(
-      f"{r[c]:.4f}" if c in r else "" for c in cols) + " |" for r in rows]
+  md = [
+    f"# Mixed-precision activations on `mini` ({result.meta['recipe']})\n",
+    f"`{report['command']}` on {report['machine']}.\n",
+    f"{eval_set.description}. Calibration on faces 0..{args.calib_count - 1} (seed 1); sweep on "
+    f"the first {args.sweep_count} of them: {report['sweep_configs']} configurations in "
+    f"{table.sweep_time_s:.0f} s ({report['sweep_configs'] / table.sweep_time_s:.2f} "
+    f"configs/s); allocate end to end {allocate_s:.0f} s.\n",
+    f"Budget: mean activation width <= {args.budget} (element-weighted), lambda "
+    f"{args.lam}; achieved {result.meta['mean_width']:.4f}; widths chosen "
+    f"{report['histogram']}.\n",
+    "| variant | " + " | ".join(cols) + " |",
+    "|---|" + "---|" * len(cols),
+  ]
+  md += [
+    "| " + r["variant"] + " | " + " | ".join(f"{r[c]:.4f}" if c in r else "" for c in cols) + " |"
+    for r in rows
+  ]
   md.append(f"\n![activation width per layer]({stem}.png)\n")
   atomic_write_text(results / f"{stem}.md", "\n".join(md))
   print("\n".join(md))

@@ -35,7 +35,9 @@ def timed(fn, sync, *, warmup: int = 2, iters: int = 10) -> float:
   return statistics.median(samples)
 
 
-def bench_jax(preset: str, dtype_name: str, batches: list[int], component_batches: set[int]) -> list[dict]:
+def bench_jax(
+  preset: str, dtype_name: str, batches: list[int], component_batches: set[int]
+) -> list[dict]:
   import jax
   import jax.numpy as jnp
   from flax import nnx
@@ -58,8 +60,14 @@ def bench_jax(preset: str, dtype_name: str, batches: list[int], component_batche
     sync(restore(lq))
     compile_s = time.perf_counter() - t0
     ms = timed(lambda: restore(lq), sync)
-    row = dict(variant=f"jax_{dtype_name}", batch=b, latency_ms=ms, faces_per_s=b / ms * 1e3,
-               compile_s=compile_s, init_s=init_s)
+    row = dict(
+      variant=f"jax_{dtype_name}",
+      batch=b,
+      latency_ms=ms,
+      faces_per_s=b / ms * 1e3,
+      compile_s=compile_s,
+      init_s=init_s,
+    )
     if b in component_batches:
       row["components_ms"] = _jax_components(graphdef, state, lq, dtype, sync)
     stats = jax.local_devices()[0].memory_stats() or {}
@@ -84,15 +92,16 @@ def _jax_components(graphdef, state, lq, dtype, sync) -> dict[str, float]:
   prompt = sync(prompt_fn(state, lq))
   z = sync(enc_fn(state, lq))
   return {
-      "vre": timed(lambda: prompt_fn(state, lq), sync),
-      "vae_encoder": timed(lambda: enc_fn(state, lq), sync),
-      "unet": timed(lambda: unet_fn(state, z, prompt), sync),
-      "vae_decoder": timed(lambda: dec_fn(state, z), sync),
+    "vre": timed(lambda: prompt_fn(state, lq), sync),
+    "vae_encoder": timed(lambda: enc_fn(state, lq), sync),
+    "unet": timed(lambda: unet_fn(state, z, prompt), sync),
+    "vae_decoder": timed(lambda: dec_fn(state, z), sync),
   }
 
 
-def bench_torch(preset: str, mode: str, batches: list[int], component_batches: set[int],
-                emit=None) -> list[dict]:
+def bench_torch(
+  preset: str, mode: str, batches: list[int], component_batches: set[int], emit=None
+) -> list[dict]:
   """Rows per batch size; ``emit(row)``, if given, gets each as soon as it is timed."""
   import torch
   from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -109,7 +118,9 @@ def bench_torch(preset: str, mode: str, batches: list[int], component_batches: s
   unet = UNet2DConditionModel(**unet_diffusers_config(cfg.unet)).to(dev, dtype).eval()
   vae = AutoencoderKL(**vae_diffusers_config(cfg.vae)).to(dev, dtype).eval()
   vre = VRE(cfg.vre).to(dev, dtype).eval()
-  embed = EmbeddingChange(cfg.vre.embed_dim, cfg.embedding_hidden, cfg.unet.cross_attention_dim).to(dev, dtype)
+  embed = EmbeddingChange(cfg.vre.embed_dim, cfg.embedding_hidden, cfg.unet.cross_attention_dim).to(
+    dev, dtype
+  )
   a = alpha_cumprod(cfg)
   scale = cfg.vae.scaling_factor
   if mode.startswith("compile"):
@@ -125,7 +136,7 @@ def bench_torch(preset: str, mode: str, batches: list[int], component_batches: s
     p = prompt_of(lq)
     z = vae.encode(lq).latent_dist.mean * scale
     eps = unet(z, cfg.timestep, encoder_hidden_states=p).sample
-    x0 = ((z.double() - (1 - a) ** 0.5 * eps.double()) / a ** 0.5).to(dtype)
+    x0 = ((z.double() - (1 - a) ** 0.5 * eps.double()) / a**0.5).to(dtype)
     return vae.decode(x0 / scale).sample.clamp(-1, 1) * 0.5 + 0.5
 
   sync = lambda _: torch.cuda.synchronize() if dev.type == "cuda" else None
@@ -138,17 +149,23 @@ def bench_torch(preset: str, mode: str, batches: list[int], component_batches: s
     sync(restore(lq))
     compile_s = time.perf_counter() - t0
     ms = timed(lambda: restore(lq), sync)
-    row = dict(variant=f"torch_{mode}", batch=b, latency_ms=ms, faces_per_s=b / ms * 1e3, compile_s=compile_s,
-               peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan"))
+    row = dict(
+      variant=f"torch_{mode}",
+      batch=b,
+      latency_ms=ms,
+      faces_per_s=b / ms * 1e3,
+      compile_s=compile_s,
+      peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan"),
+    )
     if b in component_batches:
       with torch.no_grad():
         p = prompt_of(lq)
         z = vae.encode(lq).latent_dist.mean * scale
         row["components_ms"] = {
-            "vre": timed(lambda: prompt_of(lq), sync),
-            "vae_encoder": timed(lambda: vae.encode(lq).latent_dist.mean, sync),
-            "unet": timed(lambda: unet(z, cfg.timestep, encoder_hidden_states=p).sample, sync),
-            "vae_decoder": timed(lambda: vae.decode(z).sample, sync),
+          "vre": timed(lambda: prompt_of(lq), sync),
+          "vae_encoder": timed(lambda: vae.encode(lq).latent_dist.mean, sync),
+          "unet": timed(lambda: unet(z, cfg.timestep, encoder_hidden_states=p).sample, sync),
+          "vae_decoder": timed(lambda: vae.decode(z).sample, sync),
         }
     print(json.dumps(row), flush=True)
     rows.append(row)
@@ -158,19 +175,30 @@ def bench_torch(preset: str, mode: str, batches: list[int], component_batches: s
 
 
 def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--impl", choices=["jax", "torch"], required=True)
-  p.add_argument("--preset", default="sd21", help="model shapes (random weights): sd21 | mini | tiny")
+  p.add_argument(
+    "--preset", default="sd21", help="model shapes (random weights): sd21 | mini | tiny"
+  )
   p.add_argument("--dtype", default="bfloat16", help="jax: float32 | bfloat16")
-  p.add_argument("--mode", default="eager_fp16", help="torch: eager_fp16 | eager_fp32 | compile_fp16")
+  p.add_argument(
+    "--mode", default="eager_fp16", help="torch: eager_fp16 | eager_fp32 | compile_fp16"
+  )
   p.add_argument("--batches", default="1,16")
-  p.add_argument("--components", default="", help="batch sizes that also get a per-component breakdown")
+  p.add_argument(
+    "--components", default="", help="batch sizes that also get a per-component breakdown"
+  )
   p.add_argument("--out", default=None, help="append JSON rows to this file")
   args = p.parse_args()
   batches = [int(b) for b in args.batches.split(",")]
   comps = {int(b) for b in args.components.split(",") if b}
-  rows = (bench_jax(args.preset, args.dtype, batches, comps) if args.impl == "jax"
-          else bench_torch(args.preset, args.mode, batches, comps))
+  rows = (
+    bench_jax(args.preset, args.dtype, batches, comps)
+    if args.impl == "jax"
+    else bench_torch(args.preset, args.mode, batches, comps)
+  )
   if args.out:
     with open(args.out, "a") as f:
       for r in rows:

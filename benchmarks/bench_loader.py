@@ -45,7 +45,9 @@ def main() -> None:
   row = dict(workers=args.workers, alone_ms=time_dispatch(step, params, x))
   dataset = datasets.HQFolderDataset(args.faces, 128, indices=range(256), seed=0)
   for name, processes in (("threads", False), ("processes", True)):
-    batches = datasets.iterate_batches(dataset, 32, workers=args.workers, prefetch=8, processes=processes)
+    batches = datasets.iterate_batches(
+      dataset, 32, workers=args.workers, prefetch=8, processes=processes
+    )
     next(batches)
     time.sleep(1.0)  # the loaders are busy filling the prefetch queue
     stop = threading.Event()

@@ -36,12 +36,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import bench_setup  # pylint: disable=wrong-import-position
+
 from quantface_jax.cli import configure_logging  # pylint: disable=wrong-import-position
 from quantface_jax.train.distill import distill_stage  # pylint: disable=wrong-import-position
 from quantface_jax.train.logging import read_metrics  # pylint: disable=wrong-import-position
 from quantface_jax.train.mesh import make_mesh  # pylint: disable=wrong-import-position
-from quantface_jax.train.trainer import (  # pylint: disable=wrong-import-position
-    build_train_program, compile_train_step, fit)
+from quantface_jax.train.trainer import build_train_program, compile_train_step, fit  # pylint: disable=wrong-import-position
 
 
 def run_config(args) -> ml_collections.ConfigDict:
@@ -49,13 +49,32 @@ def run_config(args) -> ml_collections.ConfigDict:
   shows each step as it returns, so a cut run still tells how far it got)."""
   c = ml_collections.ConfigDict()
   c.compute_dtype = args.dtype
-  c.train = ml_collections.ConfigDict(dict(
-      steps=args.steps, batch_size=args.batch, lr=1e-4, warmup_steps=2, final_lr_fraction=0.05,
-      weight_decay=0.0, b1=0.9, b2=0.99, grad_clip=1.0, seed=0, log_every=1,
-      checkpoint_every=10**9, keep_checkpoints=1, eval_every=0, prefetch=2, progress=True,
-      time_budget_s=0.0, feature_kind="l1", remat=args.remat, profile_steps=args.profile_steps,
+  c.train = ml_collections.ConfigDict(
+    dict(
+      steps=args.steps,
+      batch_size=args.batch,
+      lr=1e-4,
+      warmup_steps=2,
+      final_lr_fraction=0.05,
+      weight_decay=0.0,
+      b1=0.9,
+      b2=0.99,
+      grad_clip=1.0,
+      seed=0,
+      log_every=1,
+      checkpoint_every=10**9,
+      keep_checkpoints=1,
+      eval_every=0,
+      prefetch=2,
+      progress=True,
+      time_budget_s=0.0,
+      feature_kind="l1",
+      remat=args.remat,
+      profile_steps=args.profile_steps,
       weights=dict(latent=1.0, l1=1.0, sobel=0.5, feature=0.1),
-      mesh=dict(data=args.mesh_data, fsdp=args.mesh_fsdp)))
+      mesh=dict(data=args.mesh_data, fsdp=args.mesh_fsdp),
+    )
+  )
   return c
 
 
@@ -91,22 +110,38 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=8, help="global batch (faces per step)")
   parser.add_argument("--steps", type=int, default=30, help="steps run (the first compiles)")
   parser.add_argument("--dtype", default="bfloat16", help="VAE/UNet compute dtype")
-  parser.add_argument("--remat", action="store_true", help="recompute block activations (less memory)")
+  parser.add_argument(
+    "--remat", action="store_true", help="recompute block activations (less memory)"
+  )
   parser.add_argument("--mesh-data", type=int, default=-1)
   parser.add_argument("--mesh-fsdp", type=int, default=1)
   bench_setup.add_setup_arguments(parser)
-  parser.add_argument("--student", default="calibrated", choices=("calibrated", "structure"),
-                      help="structure: bench_setup.structural_qdlora, the same compiled step without the "
-                      "calibration work (seconds instead of minutes of setup; the losses are meaningless)")
-  parser.add_argument("--stop-after", choices=("setup", "trace", "compile"),
-                      help="stop early: after the student is built (and cached), after tracing and lowering the "
-                      "step (the host's share of the compile), or after compiling it (into JAX's persistent "
-                      "cache when one is set, so a later run with the same arguments loads it)")
-  parser.add_argument("--profile-steps", type=lambda s: tuple(int(x) for x in s.split(",")), default=None,
-                      help="FIRST,LAST: trace these steps (1-based) and put the heaviest ops per step in the row")
-  parser.add_argument("--emulate-flash-memory", action="store_true",
-                      help="CPU memory-plan estimates: UNet attention in checkpointed query chunks, as "
-                      "little held memory as the GPU's cuDNN flash path")
+  parser.add_argument(
+    "--student",
+    default="calibrated",
+    choices=("calibrated", "structure"),
+    help="structure: bench_setup.structural_qdlora, the same compiled step without the "
+    "calibration work (seconds instead of minutes of setup; the losses are meaningless)",
+  )
+  parser.add_argument(
+    "--stop-after",
+    choices=("setup", "trace", "compile"),
+    help="stop early: after the student is built (and cached), after tracing and lowering the "
+    "step (the host's share of the compile), or after compiling it (into JAX's persistent "
+    "cache when one is set, so a later run with the same arguments loads it)",
+  )
+  parser.add_argument(
+    "--profile-steps",
+    type=lambda s: tuple(int(x) for x in s.split(",")),
+    default=None,
+    help="FIRST,LAST: trace these steps (1-based) and put the heaviest ops per step in the row",
+  )
+  parser.add_argument(
+    "--emulate-flash-memory",
+    action="store_true",
+    help="CPU memory-plan estimates: UNet attention in checkpointed query chunks, as "
+    "little held memory as the GPU's cuDNN flash path",
+  )
   parser.add_argument("--out", required=True, help="JSON-lines file the row is appended to")
   args = parser.parse_args()
   configure_logging()  # the trainer logs when its first step has compiled
@@ -121,15 +156,29 @@ def main() -> None:
   res = teacher.config.resolution
   rng = np.random.default_rng(0)
 
-  batches = [{"lq": rng.uniform(-1, 1, (args.batch, res, res, 3)).astype(np.float32),
-              "hq": rng.uniform(-1, 1, (args.batch, res, res, 3)).astype(np.float32)} for _ in range(4)]
+  batches = [
+    {
+      "lq": rng.uniform(-1, 1, (args.batch, res, res, 3)).astype(np.float32),
+      "hq": rng.uniform(-1, 1, (args.batch, res, res, 3)).astype(np.float32),
+    }
+    for _ in range(4)
+  ]
   stream = lambda start: (batches[s % len(batches)] for s in range(start, args.steps))
   config = run_config(args)
   stage = distill_stage(student, teacher, config, stream, [])
-  head = dict(preset=args.preset, resolution=res, dtype=args.dtype, remat=args.remat, devices=jax.device_count(),
-              device_kind=jax.devices()[0].device_kind, mesh=dict(data=args.mesh_data, fsdp=args.mesh_fsdp),
-              global_batch=args.batch, setup_s=setup_s, setup_device=args.setup_device,
-              emulated_flash_memory=args.emulate_flash_memory)
+  head = dict(
+    preset=args.preset,
+    resolution=res,
+    dtype=args.dtype,
+    remat=args.remat,
+    devices=jax.device_count(),
+    device_kind=jax.devices()[0].device_kind,
+    mesh=dict(data=args.mesh_data, fsdp=args.mesh_fsdp),
+    global_batch=args.batch,
+    setup_s=setup_s,
+    setup_device=args.setup_device,
+    emulated_flash_memory=args.emulate_flash_memory,
+  )
   if args.stop_after in ("trace", "compile"):
     program = build_train_program(stage, config.train, make_mesh(args.mesh_data, args.mesh_fsdp))
     _, profile = compile_train_step(program, batches[0], compile=args.stop_after == "compile")
@@ -138,10 +187,20 @@ def main() -> None:
     result = fit(stage, config.train, workdir)
     records = read_metrics(workdir, "qdlora")
   rate = records[-1]["steps_per_s"]  # after the compiling first step
-  write_row(dict(head, steps=result.steps_run, images_per_s=rate * args.batch, step_ms=1e3 / rate,
-                 train_s=result.seconds, compile_profile=result.compile_profile,
-                 peak_mem_gb_per_device=peak_memory_gb(),
-                 losses=[r["loss"] for r in records], step_profile=result.step_profile[:25]), args.out)
+  write_row(
+    dict(
+      head,
+      steps=result.steps_run,
+      images_per_s=rate * args.batch,
+      step_ms=1e3 / rate,
+      train_s=result.seconds,
+      compile_profile=result.compile_profile,
+      peak_mem_gb_per_device=peak_memory_gb(),
+      losses=[r["loss"] for r in records],
+      step_profile=result.step_profile[:25],
+    ),
+    args.out,
+  )
 
 
 def write_row(row: dict, path: str) -> None:

@@ -38,6 +38,7 @@ SERVED = {"W4": ("W4A8", "W4A4"), "W8A8": ("W8A8",)}
 def _random_lq(batch: int, res: int):
   import jax
   import jax.numpy as jnp
+
   return jax.random.uniform(jax.random.key(batch), (batch, res, res, 3), jnp.float32, -1.0, 1.0)
 
 
@@ -58,21 +59,37 @@ def _export(preset: str, act: str, workdir: pathlib.Path) -> None:
   recipe = get_recipe("rtn", "W4A8", a_mode=act)
   stats = None
   if act == "static":  # ranges only change values, not speed: one random face is enough
-    stats = calibrate(model, [_random_lq(1, model.config.resolution)], rules=recipe.rules,
-                      max_samples=0, progress=False)
+    stats = calibrate(
+      model,
+      [_random_lq(1, model.config.resolution)],
+      rules=recipe.rules,
+      max_samples=0,
+      progress=False,
+    )
   qmodel = quantize(model, recipe, calibration=stats, inplace=True)
   body = [p for p, bits in get_bits(qmodel).items() if bits == (4, 8)]  # not the kept-W8A8 ones
   print(f"quantized in {time.perf_counter() - t0:.0f} s", flush=True)
   for name, bits in (("W4A8", (4, 8)), ("W4A4", (4, 4)), ("W8A8", (8, 8))):
     set_bits(qmodel, {p: bits for p in body})
-    out = save_served(serve_model(qmodel), workdir / name,
-                      recipe=get_recipe("rtn", name, a_mode=act), base_ckpt=preset,
-                      calibration_info=dict(random_lq=1 if stats else 0))
+    out = save_served(
+      serve_model(qmodel),
+      workdir / name,
+      recipe=get_recipe("rtn", name, a_mode=act),
+      base_ckpt=preset,
+      calibration_info=dict(random_lq=1 if stats else 0),
+    )
     print(json.dumps(dict(serve_dir=str(out), **packed_account(out))), flush=True)
 
 
-def time_jax(variants: dict, batches: list[int], iters: int, res: int, emit, profile_top: int = 0,
-             hlo: bool = False) -> None:
+def time_jax(
+  variants: dict,
+  batches: list[int],
+  iters: int,
+  res: int,
+  emit,
+  profile_top: int = 0,
+  hlo: bool = False,
+) -> None:
   """``variants``: name -> (load() -> model, dtype), all of one structure: their batch sizes are
   compiled once; then each variant x batch is timed (and, with ``profile_top``,
   traced: its heaviest ops go to the row's ``top_ops``, all its device time summed by
@@ -103,11 +120,19 @@ def time_jax(variants: dict, batches: list[int], iters: int, res: int, emit, pro
     del model
     for b in sorted(batches):
       fn, compile_s = compiled[b]
-      ms = timed(lambda: fn(state, lqs[b]), jax.block_until_ready, warmup=min(2, iters), iters=iters)
+      ms = timed(
+        lambda: fn(state, lqs[b]), jax.block_until_ready, warmup=min(2, iters), iters=iters
+      )
       stats = jax.local_devices()[0].memory_stats() or {}
-      row = dict(variant=variant, batch=b, faces_per_s=b / ms * 1e3, latency_ms=ms,
-                 peak_mem_gb=stats.get("peak_bytes_in_use", float("nan")) / 2**30,
-                 compile_s=compile_s, load_s=load_s)
+      row = dict(
+        variant=variant,
+        batch=b,
+        faces_per_s=b / ms * 1e3,
+        latency_ms=ms,
+        peak_mem_gb=stats.get("peak_bytes_in_use", float("nan")) / 2**30,
+        compile_s=compile_s,
+        load_s=load_s,
+      )
       hlo_text = fn.as_text() if profile_top or hlo else None
       if profile_top:
         ops = profiling.trace_calls(lambda: fn(state, lqs[b]), calls=2, top=None, device_only=True)
@@ -130,21 +155,45 @@ def run_part(part: str, args, emit) -> None:
   if part == "export":
     export_part(args.model, args.act, args.workdir, args.export_device)
   elif part == "bf16":
-    time_jax({"bf16": (lambda: build(args.model), jnp.bfloat16)}, args.batches, args.iters, res, emit,
-             args.profile_top, args.hlo_summary)
+    time_jax(
+      {"bf16": (lambda: build(args.model), jnp.bfloat16)},
+      args.batches,
+      args.iters,
+      res,
+      emit,
+      args.profile_top,
+      args.hlo_summary,
+    )
   elif part in SERVED:
     for name in SERVED[part]:
       w = packed_account(args.workdir / name)["weights_by_bits"]
-      print(f"{name}: " + ", ".join(f"W{b} {r['packed_bytes'] / 2**20:,.1f} MiB vs bf16 "
-                                    f"{r['bf16_bytes'] / 2**20:,.1f} MiB ({r['ratio']:.3f})"
-                                    for b, r in sorted(w.items())), flush=True)
-    load = lambda name: (lambda: load_served(args.workdir / name, backend=args.backend))
-    time_jax({n: (load(n), jnp.bfloat16) for n in SERVED[part]}, args.batches, args.iters, res,
-             lambda row: emit(dict(row, recipe="rtn", act=args.act, backend=args.backend)), args.profile_top,
-             args.hlo_summary)
+      print(
+        f"{name}: "
+        + ", ".join(
+          f"W{b} {r['packed_bytes'] / 2**20:,.1f} MiB vs bf16 "
+          f"{r['bf16_bytes'] / 2**20:,.1f} MiB ({r['ratio']:.3f})"
+          for b, r in sorted(w.items())
+        ),
+        flush=True,
+      )
+    load = lambda name: lambda: load_served(args.workdir / name, backend=args.backend)
+    time_jax(
+      {n: (load(n), jnp.bfloat16) for n in SERVED[part]},
+      args.batches,
+      args.iters,
+      res,
+      lambda row: emit(dict(row, recipe="rtn", act=args.act, backend=args.backend)),
+      args.profile_top,
+      args.hlo_summary,
+    )
   else:
-    bench_torch(args.model, part.removeprefix("torch_"), args.batches, set(),
-                emit=lambda row: emit(dict(row, variant=TORCH_PARTS[part])))
+    bench_torch(
+      args.model,
+      part.removeprefix("torch_"),
+      args.batches,
+      set(),
+      emit=lambda row: emit(dict(row, variant=TORCH_PARTS[part])),
+    )
 
 
 def append_row(out: pathlib.Path | None, row: dict) -> None:
@@ -153,38 +202,70 @@ def append_row(out: pathlib.Path | None, row: dict) -> None:
   if out is None:
     return
   from quantface_jax.fileio import atomic_write_text
+
   previous = json.loads(out.read_text()) if out.exists() else []
   atomic_write_text(out, json.dumps(previous + [row], indent=1))
 
 
 def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--parts", default=",".join(JAX_PARTS),
-                 help=f"comma-separated, in order: {', '.join(JAX_PARTS + tuple(TORCH_PARTS))}")
-  p.add_argument("--model", default="sd21", help="preset shapes (random weights): sd21 | mini | tiny")
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument(
+    "--parts",
+    default=",".join(JAX_PARTS),
+    help=f"comma-separated, in order: {', '.join(JAX_PARTS + tuple(TORCH_PARTS))}",
+  )
+  p.add_argument(
+    "--model", default="sd21", help="preset shapes (random weights): sd21 | mini | tiny"
+  )
   p.add_argument("--batches", default="1,16", type=lambda s: [int(b) for b in s.split(",")])
   p.add_argument("--iters", type=int, default=10, help="timed calls per row (median)")
-  p.add_argument("--act", default="static", choices=["static", "dynamic"],
-                 help="activation quantization of the exported models")
-  p.add_argument("--export-device", default="cpu", choices=["cpu", "default"],
-                 help="where `export` builds, calibrates and quantizes (cpu: the host's cores)")
+  p.add_argument(
+    "--act",
+    default="static",
+    choices=["static", "dynamic"],
+    help="activation quantization of the exported models",
+  )
+  p.add_argument(
+    "--export-device",
+    default="cpu",
+    choices=["cpu", "default"],
+    help="where `export` builds, calibrates and quantizes (cpu: the host's cores)",
+  )
   p.add_argument("--backend", default="auto", help="integer kernels: auto | xla | pallas")
-  p.add_argument("--conv-gpu-backend", default=None, choices=["xla", "pallas"],
-                 help="what --backend auto runs the convs with on a GPU (kernels.dispatch.CONV_GPU_BACKEND; "
-                      "pallas: the implicit GEMM), the GEMMs unchanged: an A/B of the conv kernels alone")
-  p.add_argument("--workdir", default="/tmp/quantface_bench_serve", type=pathlib.Path,
-                 help="where `export` writes the SERVE_DIRs and the timing parts read them")
+  p.add_argument(
+    "--conv-gpu-backend",
+    default=None,
+    choices=["xla", "pallas"],
+    help="what --backend auto runs the convs with on a GPU (kernels.dispatch.CONV_GPU_BACKEND; "
+    "pallas: the implicit GEMM), the GEMMs unchanged: an A/B of the conv kernels alone",
+  )
+  p.add_argument(
+    "--workdir",
+    default="/tmp/quantface_bench_serve",
+    type=pathlib.Path,
+    help="where `export` writes the SERVE_DIRs and the timing parts read them",
+  )
   p.add_argument("--out", default=None, type=pathlib.Path, help="append the rows to this JSON list")
-  p.add_argument("--hlo-summary", action="store_true",
-                 help="add profiling.hlo_summary of each compiled program to its row (which convs run on int8 "
-                 "through which library call; whether SiLU is fused into the quantizer)")
-  p.add_argument("--profile-top", type=int, default=0,
-                 help="trace two calls per JAX row after timing; keep its N heaviest ops (top_ops) and its "
-                      "device time by kind of op (time_by_kind: int8 convs, quantize, dequantize...); "
-                      "ops in CUDA graphs are named only with XLA_FLAGS=--xla_gpu_enable_command_buffer=")
+  p.add_argument(
+    "--hlo-summary",
+    action="store_true",
+    help="add profiling.hlo_summary of each compiled program to its row (which convs run on int8 "
+    "through which library call; whether SiLU is fused into the quantizer)",
+  )
+  p.add_argument(
+    "--profile-top",
+    type=int,
+    default=0,
+    help="trace two calls per JAX row after timing; keep its N heaviest ops (top_ops) and its "
+    "device time by kind of op (time_by_kind: int8 convs, quantize, dequantize...); "
+    "ops in CUDA graphs are named only with XLA_FLAGS=--xla_gpu_enable_command_buffer=",
+  )
   args = p.parse_args()
   if args.conv_gpu_backend:
     from quantface_jax.kernels import dispatch
+
     dispatch.CONV_GPU_BACKEND = args.conv_gpu_backend
   for part in args.parts.split(","):
     if part not in JAX_PARTS + tuple(TORCH_PARTS):

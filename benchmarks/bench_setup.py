@@ -26,28 +26,45 @@ from flax import nnx
 
 from quantface_jax.models import build
 from quantface_jax.models.layers import Conv2d
-from quantface_jax.quant import hadamard
+from quantface_jax.quant import (
+  CalibrationSettings,
+  get_recipe,
+  hadamard,
+  load_quantized,
+  quantize,
+  save_quantized,
+  to_qdlora,
+)
 from quantface_jax.quant import rules as rules_lib
 from quantface_jax.quant.qdlora import QDLoRAConv2d, QDLoRALinear, branch_ranks
-from quantface_jax.quant import (CalibrationSettings, get_recipe, load_quantized, quantize, save_quantized,
-                                to_qdlora)
 
 log = logging.getLogger(__name__)
 
 
 def setup_context(setup_device: str):
   """Where setup work runs: "cpu" (the host's CPU backend) or "default" (the default device)."""
-  return jax.default_device(jax.devices("cpu")[0]) if setup_device == "cpu" else contextlib.nullcontext()
+  return (
+    jax.default_device(jax.devices("cpu")[0]) if setup_device == "cpu" else contextlib.nullcontext()
+  )
 
 
 def bench_recipe():
   """The module docstring's light quantface W4A4 recipe."""
-  return get_recipe("quantface", "W4A4", alpha=0.5, calibration=CalibrationSettings(
-      num_images=1, batch_size=1, max_samples=0, range_pass=False))
+  return get_recipe(
+    "quantface",
+    "W4A4",
+    alpha=0.5,
+    calibration=CalibrationSettings(num_images=1, batch_size=1, max_samples=0, range_pass=False),
+  )
 
 
-def quick_quantized(preset: str, *, setup_device: str = "default", cache: str | None = None,
-                    qdlora_ranks: tuple[int, int] | None = None):
+def quick_quantized(
+  preset: str,
+  *,
+  setup_device: str = "default",
+  cache: str | None = None,
+  qdlora_ranks: tuple[int, int] | None = None,
+):
   """(FP model, W4A4 quantface student, recipe, setup seconds); both models on the default device.
 
   setup_device: "default" (the default device) or "cpu" (build and quantize on the host's CPU).
@@ -85,7 +102,9 @@ def _ready(fp: nnx.Module, student: nnx.Module, recipe, *, setup_device: str, st
   return fp, student, recipe, time.perf_counter() - start
 
 
-def structural_qdlora(fp: nnx.Module, recipe, *, rank: int, lora_rank: int, seed: int = 0) -> nnx.Module:
+def structural_qdlora(
+  fp: nnx.Module, recipe, *, rank: int, lora_rank: int, seed: int = 0
+) -> nnx.Module:
   """A clone of ``fp`` with the structure that ``to_qdlora(quantize(fp, recipe), rank=rank,
   lora_rank=lora_rank)`` has (the same graph definition, state shapes and dtypes, and traced bits,
   so the same compiled training step) but none of its calibration work: R is the FP weight,
@@ -104,12 +123,18 @@ def structural_qdlora(fp: nnx.Module, recipe, *, rank: int, lora_rank: int, seed
     r, r_lora = branch_ranks(kernel.shape, rank, lora_rank)
     draw = lambda *shape: rng.standard_normal(shape).astype(np.float32) * 0.02
     d_in = taps_in[-1]
-    kwargs = dict(config=config, svd=(draw(*taps_in, r), draw(r, d_out)),
-                  lora=(draw(*taps_in, r_lora), np.zeros((r_lora, d_out), np.float32)) if r_lora else None,
-                  smooth=np.ones(d_in, np.float32) if config.smooth else None,
-                  rotation_signs=(hadamard.random_hadamard(d_in, rules_lib.layer_seed(seed, path)).signs
-                                  if config.rotate else None),
-                  a_range=(-4.0, 4.0))
+    kwargs = dict(
+      config=config,
+      svd=(draw(*taps_in, r), draw(r, d_out)),
+      lora=(draw(*taps_in, r_lora), np.zeros((r_lora, d_out), np.float32)) if r_lora else None,
+      smooth=np.ones(d_in, np.float32) if config.smooth else None,
+      rotation_signs=(
+        hadamard.random_hadamard(d_in, rules_lib.layer_seed(seed, path)).signs
+        if config.rotate
+        else None
+      ),
+      a_range=(-4.0, 4.0),
+    )
     bias = None if layer.bias is None else layer.bias[...]
     if isinstance(layer, Conv2d):
       return QDLoRAConv2d(kernel, bias, stride=layer.stride, padding=layer.padding, **kwargs)
@@ -121,9 +146,15 @@ def structural_qdlora(fp: nnx.Module, recipe, *, rank: int, lora_rank: int, seed
 
 def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
   """--setup-device and --setup-cache, which `from_args` reads."""
-  parser.add_argument("--setup-cache", default=None, help="QDIR of the student: loaded if present, else written")
-  parser.add_argument("--setup-device", default="default", choices=("default", "cpu"),
-                      help="where the student is quantized (cpu: the host, then moved)")
+  parser.add_argument(
+    "--setup-cache", default=None, help="QDIR of the student: loaded if present, else written"
+  )
+  parser.add_argument(
+    "--setup-device",
+    default="default",
+    choices=("default", "cpu"),
+    help="where the student is quantized (cpu: the host, then moved)",
+  )
 
 
 def structure_matches(preset: str, *, rank: int = 16, lora_rank: int = 16) -> dict[str, bool]:
@@ -132,11 +163,19 @@ def structure_matches(preset: str, *, rank: int = 16, lora_rank: int = 16) -> di
   same traced widths}. All True means the training step traces to the same program."""
   fp, calibrated, recipe, _ = quick_quantized(preset, qdlora_ranks=(rank, lora_rank))
   structure = structural_qdlora(fp, recipe, rank=rank, lora_rank=lora_rank)
-  abstract = lambda m: jax.tree.map(lambda a: (a.shape, a.dtype, getattr(a, "weak_type", False)), nnx.state(m))
-  bits = lambda m: {k: np.asarray(v).tolist() for k, v in nnx.to_flat_state(nnx.state(m))
-                    if k[-1] in ("w_bits", "a_bits", "enabled")}
-  return dict(graphdef=nnx.graphdef(structure) == nnx.graphdef(calibrated),
-              state=abstract(structure) == abstract(calibrated), bits=bits(structure) == bits(calibrated))
+  abstract = lambda m: jax.tree.map(
+    lambda a: (a.shape, a.dtype, getattr(a, "weak_type", False)), nnx.state(m)
+  )
+  bits = lambda m: {
+    k: np.asarray(v).tolist()
+    for k, v in nnx.to_flat_state(nnx.state(m))
+    if k[-1] in ("w_bits", "a_bits", "enabled")
+  }
+  return dict(
+    graphdef=nnx.graphdef(structure) == nnx.graphdef(calibrated),
+    state=abstract(structure) == abstract(calibrated),
+    bits=bits(structure) == bits(calibrated),
+  )
 
 
 def structural(preset: str, *, setup_device: str = "default", qdlora_ranks: tuple[int, int]):
@@ -155,13 +194,15 @@ def from_args(args: argparse.Namespace, *, qdlora_ranks: tuple[int, int] | None 
   if getattr(args, "student", "calibrated") == "structure" and qdlora_ranks is not None:
     models = structural(args.preset, setup_device=args.setup_device, qdlora_ranks=qdlora_ranks)
   else:
-    models = quick_quantized(args.preset, setup_device=args.setup_device, cache=args.setup_cache,
-                             qdlora_ranks=qdlora_ranks)
+    models = quick_quantized(
+      args.preset, setup_device=args.setup_device, cache=args.setup_cache, qdlora_ranks=qdlora_ranks
+    )
   print(f"setup ({args.setup_device}): {models[-1]:.0f} s", flush=True)
   return models
 
 
 if __name__ == "__main__":
   import sys
+
   # python benchmarks/bench_setup.py PRESET: does the structural student match the calibrated one there?
   print(structure_matches(sys.argv[1] if len(sys.argv) > 1 else "tiny"))

@@ -24,9 +24,10 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import bench_setup  # pylint: disable=wrong-import-position
+
 from quantface_jax.alloc.allocate import allocatable_paths  # pylint: disable=wrong-import-position
 from quantface_jax.alloc.sensitivity import sensitivity_sweep  # pylint: disable=wrong-import-position
-import bench_setup  # pylint: disable=wrong-import-position
 from quantface_jax.cli import configure_logging  # pylint: disable=wrong-import-position
 from quantface_jax.fileio import atomic_write_text  # pylint: disable=wrong-import-position
 
@@ -48,17 +49,27 @@ def main() -> None:
   res = fp.config.resolution
   lq = np.random.default_rng(0).uniform(-1, 1, (args.faces, res, res, 3)).astype(np.float32)
   paths = allocatable_paths(fp, recipe)
-  paths = paths[::max(1, len(paths) // 8)][:8] if args.smoke else paths
+  paths = paths[:: max(1, len(paths) // 8)][:8] if args.smoke else paths
 
   widths = tuple(int(w) for w in args.widths.split(","))
   configs = len(paths) * len(widths)
   rows = configs + 1  # the sweep's first row is the unquantized reference
   head = dict(
-      preset=args.preset, faces=args.faces, resolution=res, layers=len(paths),
-      layers_unet=sum(p.startswith("unet.") for p in paths),
-      layers_vae=sum(p.startswith("vae.") for p in paths), widths=widths,
-      chunk_size=args.chunk_size, batch_size=args.batch_size, configs=configs,
-      setup_s=setup_s, setup_device=args.setup_device, device=str(jax.devices()[0]), host=platform.node())
+    preset=args.preset,
+    faces=args.faces,
+    resolution=res,
+    layers=len(paths),
+    layers_unet=sum(p.startswith("unet.") for p in paths),
+    layers_vae=sum(p.startswith("vae.") for p in paths),
+    widths=widths,
+    chunk_size=args.chunk_size,
+    batch_size=args.batch_size,
+    configs=configs,
+    setup_s=setup_s,
+    setup_device=args.setup_device,
+    device=str(jax.devices()[0]),
+    host=platform.node(),
+  )
   stamps, timing = [], {}
   sweep_start = time.perf_counter()
 
@@ -67,18 +78,37 @@ def main() -> None:
     # chunks give the steady rate. The row is rewritten after every chunk, so a run cut by a device time limit still gives the rate.
     stamps.append(time.perf_counter())
     done, steady_s = min(rows, chunks_done * args.chunk_size), stamps[-1] - stamps[0]
-    timing.update(configs_done=done - 1, first_chunk_s=stamps[0] - sweep_start,
-                  elapsed_s=stamps[-1] - sweep_start,
-                  configs_per_s=(done - min(rows, args.chunk_size)) / steady_s if steady_s > 0 else None)
+    timing.update(
+      configs_done=done - 1,
+      first_chunk_s=stamps[0] - sweep_start,
+      elapsed_s=stamps[-1] - sweep_start,
+      configs_per_s=(done - min(rows, args.chunk_size)) / steady_s if steady_s > 0 else None,
+    )
     atomic_write_text(args.out, json.dumps(dict(head, partial=True, **timing), indent=1))
 
-  table = sensitivity_sweep(model, lq, paths=paths, widths=widths, chunk_size=args.chunk_size,
-                            batch_size=args.batch_size, progress=False, on_chunk=record_chunk)
-  row = dict(head, partial=False, **timing, sweep_s=table.sweep_time_s,
-             e_mean_per_width=table.e.mean(0).tolist(), p_mean_per_width=table.p.mean(0).tolist())
+  table = sensitivity_sweep(
+    model,
+    lq,
+    paths=paths,
+    widths=widths,
+    chunk_size=args.chunk_size,
+    batch_size=args.batch_size,
+    progress=False,
+    on_chunk=record_chunk,
+  )
+  row = dict(
+    head,
+    partial=False,
+    **timing,
+    sweep_s=table.sweep_time_s,
+    e_mean_per_width=table.e.mean(0).tolist(),
+    p_mean_per_width=table.p.mean(0).tolist(),
+  )
   print(json.dumps(row, indent=1))
-  print(f"{configs} layer x width configurations in {table.sweep_time_s:.1f} s "
-        f"({row['configs_per_s'] or float('nan'):.2f} configs/s steady)")
+  print(
+    f"{configs} layer x width configurations in {table.sweep_time_s:.1f} s "
+    f"({row['configs_per_s'] or float('nan'):.2f} configs/s steady)"
+  )
   atomic_write_text(args.out, json.dumps(row, indent=1))
 
 

@@ -32,12 +32,20 @@ from quantface_jax.evaluate import evaluate, synthetic_set
 from quantface_jax.fileio import atomic_write_text
 from quantface_jax.inference import make_restore_fn
 from quantface_jax.models.osdface import abstract
-from quantface_jax.quant import (RECIPES, account, calibrate, get_bits, get_recipe, parse_bits,
-                                 quantize, set_bits)
+from quantface_jax.quant import (
+  RECIPES,
+  account,
+  calibrate,
+  get_bits,
+  get_recipe,
+  parse_bits,
+  quantize,
+  set_bits,
+)
 from quantface_jax.quant.recipes import BITS
 
-RESULTS = pathlib.Path(__file__).parent / 'results'
-HQ = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'celebahq512'
+RESULTS = pathlib.Path(__file__).parent / "results"
+HQ = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "celebahq512"
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -53,70 +61,109 @@ def width_variants(qmodel: nnx.Module, name: str) -> dict:
   for bits in BITS:
     set_bits(qmodel, {p: parse_bits(bits) for p in body})
     graphdef, state = nnx.split(nnx.clone(qmodel))
-    variants[f'{name}-{bits}'] = functools.partial(_restore, graphdef, state)
+    variants[f"{name}-{bits}"] = functools.partial(_restore, graphdef, state)
   return variants
 
 
 def sd21_account() -> dict:
   """Size/BOPs of the quantface recipe on the SD-2.1 shapes at each width (abstract model)."""
-  model = abstract('sd21')
-  keys = ('param_reduction_vs_fp32', 'param_reduction_vs_bf16', 'weight_reduction',
-          'bops_reduction', 'param_bits', 'fp32_bits', 'bops', 'fp32_bops')
-  return {bits: {k: account(model, rules=get_recipe('quantface', bits).rules)[k] for k in keys}
-          for bits in BITS}
+  model = abstract("sd21")
+  keys = (
+    "param_reduction_vs_fp32",
+    "param_reduction_vs_bf16",
+    "weight_reduction",
+    "bops_reduction",
+    "param_bits",
+    "fp32_bits",
+    "bops",
+    "fp32_bops",
+  )
+  return {
+    bits: {k: account(model, rules=get_recipe("quantface", bits).rules)[k] for k in keys}
+    for bits in BITS
+  }
 
 
 def markdown(rows: list[dict], sd21: dict, meta: dict) -> str:
-  cols = ('psnr', 'ssim', 'niqe', 'psnr_vs_fp')
-  lines = ['# PTQ on `mini` (128 px)', '', f"{meta['eval_set']}; calibration: {meta['calibration']}.",
-           f"Command: `{meta['command']}`; machine: {meta['machine']}; {meta['seconds']:.0f} s.", '',
-           '| variant | PSNR ↑ | SSIM ↑ | NIQE ↓ | PSNR vs FP ↑ |', '|---|---|---|---|---|']
+  cols = ("psnr", "ssim", "niqe", "psnr_vs_fp")
+  lines = [
+    "# PTQ on `mini` (128 px)",
+    "",
+    f"{meta['eval_set']}; calibration: {meta['calibration']}.",
+    f"Command: `{meta['command']}`; machine: {meta['machine']}; {meta['seconds']:.0f} s.",
+    "",
+    "| variant | PSNR ↑ | SSIM ↑ | NIQE ↓ | PSNR vs FP ↑ |",
+    "|---|---|---|---|---|",
+  ]
   for r in rows:
-    lines.append(f"| {r['variant']} | " + ' | '.join(
-        f'{r[c]:.3f}' if c in r else '' for c in cols) + ' |')
-  lines += ['', '## Size and BOPs, quantface recipe on the SD-2.1 shapes (512 px)', '',
-            '| width | params vs FP32 | params vs BF16 | quantized kernels | BOPs |', '|---|---|---|---|---|']
+    lines.append(
+      f"| {r['variant']} | " + " | ".join(f"{r[c]:.3f}" if c in r else "" for c in cols) + " |"
+    )
+  lines += [
+    "",
+    "## Size and BOPs, quantface recipe on the SD-2.1 shapes (512 px)",
+    "",
+    "| width | params vs FP32 | params vs BF16 | quantized kernels | BOPs |",
+    "|---|---|---|---|---|",
+  ]
   for bits, a in sd21.items():
-    lines.append(f"| {bits} | −{a['param_reduction_vs_fp32']:.1f}% | −{a['param_reduction_vs_bf16']:.1f}% "
-                 f"| −{a['weight_reduction']:.1f}% | −{a['bops_reduction']:.1f}% |")
-  lines += ['', '(The image grid `ptq_mini_grid.png` shows CelebA-HQ faces, research data kept out of the '
-            'repository: it is written beside these results and git-ignored.)', '']
-  return '\n'.join(lines)
+    lines.append(
+      f"| {bits} | −{a['param_reduction_vs_fp32']:.1f}% | −{a['param_reduction_vs_bf16']:.1f}% "
+      f"| −{a['weight_reduction']:.1f}% | −{a['bops_reduction']:.1f}% |"
+    )
+  lines += [
+    "",
+    "(The image grid `ptq_mini_grid.png` shows CelebA-HQ faces, research data kept out of the "
+    "repository: it is written beside these results and git-ignored.)",
+    "",
+  ]
+  return "\n".join(lines)
 
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument('--faces', type=int, default=200, help='validation faces from file 4000')
-  parser.add_argument('--out', default='/tmp/ptq_mini', help='working folder (resumable)')
-  parser.add_argument('--hq', default=str(HQ))
+  parser.add_argument("--faces", type=int, default=200, help="validation faces from file 4000")
+  parser.add_argument("--out", default="/tmp/ptq_mini", help="working folder (resumable)")
+  parser.add_argument("--hq", default=str(HQ))
   args = parser.parse_args(argv)
   start = time.time()
-  model = load('mini')
+  model = load("mini")
   res = model.config.resolution
-  eval_set = synthetic_set(args.hq, args.out, resolution=res, indices=range(4000, 4000 + args.faces),
-                           seed=0)
+  eval_set = synthetic_set(
+    args.hq, args.out, resolution=res, indices=range(4000, 4000 + args.faces), seed=0
+  )
   batches = calibration_batches(args.hq, range(64), seed=1, size=res, batch_size=8)
-  settings = get_recipe('rtn').calibration
-  stats = calibrate(model, batches, rules=get_recipe('rtn').rules, max_samples=settings.max_samples,
-                    seed=settings.seed)
-  variants = {'fp32': make_restore_fn(model)}
+  settings = get_recipe("rtn").calibration
+  stats = calibrate(
+    model,
+    batches,
+    rules=get_recipe("rtn").rules,
+    max_samples=settings.max_samples,
+    seed=settings.seed,
+  )
+  variants = {"fp32": make_restore_fn(model)}
   for name in RECIPES:
     t = time.time()
-    qmodel = quantize(model, get_recipe(name, 'W4A4'), calibration=stats, images=batches)
-    print(f'{name}: quantized in {time.time() - t:.0f} s', flush=True)
+    qmodel = quantize(model, get_recipe(name, "W4A4"), calibration=stats, images=batches)
+    print(f"{name}: quantized in {time.time() - t:.0f} s", flush=True)
     variants.update(width_variants(qmodel, name))
   rows = evaluate(variants, eval_set, args.out, resolution=res, batch_size=8)
-  meta = dict(eval_set=eval_set.description + ' (celebahq512 file numbers from 4000)',
-              calibration='64 faces (file numbers 0–63, degradation seed 1), 256 rows/layer',
-              command='python ' + ' '.join(sys.argv), seconds=time.time() - start,
-              machine=f'{platform.machine()} CPU, {os.cpu_count()} cores (shared), jax {jax.__version__}')
+  meta = dict(
+    eval_set=eval_set.description + " (celebahq512 file numbers from 4000)",
+    calibration="64 faces (file numbers 0–63, degradation seed 1), 256 rows/layer",
+    command="python " + " ".join(sys.argv),
+    seconds=time.time() - start,
+    machine=f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), jax {jax.__version__}",
+  )
   sd21 = sd21_account()
   RESULTS.mkdir(exist_ok=True)
-  atomic_write_text(RESULTS / 'ptq_mini.json', json.dumps(dict(meta=meta, rows=rows, sd21=sd21), indent=1))
-  atomic_write_text(RESULTS / 'ptq_mini.md', markdown(rows, sd21, meta))
-  (RESULTS / 'ptq_mini_grid.png').write_bytes((pathlib.Path(args.out) / 'grid.png').read_bytes())
+  atomic_write_text(
+    RESULTS / "ptq_mini.json", json.dumps(dict(meta=meta, rows=rows, sd21=sd21), indent=1)
+  )
+  atomic_write_text(RESULTS / "ptq_mini.md", markdown(rows, sd21, meta))
+  (RESULTS / "ptq_mini_grid.png").write_bytes((pathlib.Path(args.out) / "grid.png").read_bytes())
   print(markdown(rows, sd21, meta))
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   main()

@@ -18,12 +18,16 @@ from quantface_jax.fileio import atomic_write_text
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 # (eval variant, row label); the ablation runs from "balancing only" to "+ QD-LoRA training".
-ROWS = (("input", "input (LQ)"), ("fp", "mini fp32"), ("baseline", "best PTQ baseline at W4A4 ({recipe}, ptq_mini.md)"),
-        ("balancing-W4A4", "W4A4 balancing only (smoothing + Hadamard, `low_rank=0`)"),
-        ("quantface-W4A4", "W4A4 + low-rank split (the PTQ start: quantface recipe, rank 16)"),
-        ("quantface-W4A4-qdlora", "**W4A4 + QD-LoRA training**"),
-        ("quantface-W6A6", "W6A6 PTQ start (quantface recipe)"),
-        ("quantface-W6A6-qdlora", "**W6A6 + QD-LoRA training**"))
+ROWS = (
+  ("input", "input (LQ)"),
+  ("fp", "mini fp32"),
+  ("baseline", "best PTQ baseline at W4A4 ({recipe}, ptq_mini.md)"),
+  ("balancing-W4A4", "W4A4 balancing only (smoothing + Hadamard, `low_rank=0`)"),
+  ("quantface-W4A4", "W4A4 + low-rank split (the PTQ start: quantface recipe, rank 16)"),
+  ("quantface-W4A4-qdlora", "**W4A4 + QD-LoRA training**"),
+  ("quantface-W6A6", "W6A6 PTQ start (quantface recipe)"),
+  ("quantface-W6A6-qdlora", "**W6A6 + QD-LoRA training**"),
+)
 
 
 def build_table(eval_rows: list[dict], ptq_rows: list[dict]) -> tuple[list[dict], str]:
@@ -35,8 +39,10 @@ def build_table(eval_rows: list[dict], ptq_rows: list[dict]) -> tuple[list[dict]
   if fp is None or ptq_fp is None:
     raise ValueError("both tables need their FP row (float32 / fp32)")
   if abs(fp["psnr"] - ptq_fp["psnr"]) > 1e-3:
-    raise ValueError(f"FP PSNR {fp['psnr']:.4f} here but {ptq_fp['psnr']:.4f} in the PTQ table: "
-                     "not the same model or eval set")
+    raise ValueError(
+      f"FP PSNR {fp['psnr']:.4f} here but {ptq_fp['psnr']:.4f} in the PTQ table: "
+      "not the same model or eval set"
+    )
   baselines = [r for r in ptq_rows if r["variant"].endswith("-W4A4")]
   if not baselines:
     raise ValueError("the PTQ table has no W4A4 rows")
@@ -49,25 +55,42 @@ def build_table(eval_rows: list[dict], ptq_rows: list[dict]) -> tuple[list[dict]
     rows.append(dict(source, label=label.format(recipe=best["variant"].rsplit("-", 1)[0])))
   cell = lambda r, k, f: "" if k not in r else f.format(r[k])
   md = ["| | PSNR ↑ | SSIM ↑ | NIQE ↓ | PSNR vs FP ↑ |", "|---|---|---|---|---|"]
-  md += [f"| {r['label']} | {cell(r, 'psnr', '{:.2f}')} | {cell(r, 'ssim', '{:.3f}')} | "
-         f"{cell(r, 'niqe', '{:.2f}')} | {cell(r, 'psnr_vs_fp', '{:.2f}')} |" for r in rows]
+  md += [
+    f"| {r['label']} | {cell(r, 'psnr', '{:.2f}')} | {cell(r, 'ssim', '{:.3f}')} | "
+    f"{cell(r, 'niqe', '{:.2f}')} | {cell(r, 'psnr_vs_fp', '{:.2f}')} |"
+    for r in rows
+  ]
   return rows, "\n".join(md)
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("eval_dir", type=pathlib.Path)
   parser.add_argument("--ptq", type=pathlib.Path, default=RESULTS / "ptq_mini.json")
   parser.add_argument("--results", type=pathlib.Path, default=RESULTS)
   args = parser.parse_args()
   eval_rows = json.loads((args.eval_dir / "metrics.json").read_text())  # evaluate(): a list of rows
   rows, md = build_table(eval_rows, json.loads(args.ptq.read_text())["rows"])
-  atomic_write_text(args.results / "qdlora_mini.json", json.dumps(dict(
-      eval_set="200 faces of celebahq512 4000-4199, degradation seed 0, 128 px",
-      command="bash benchmarks/remeasure_mini.sh qdlora", rows=rows), indent=1))
   atomic_write_text(
-      args.results / "qdlora_mini.md", "# QD-LoRA on `mini` (128 px)\n\nEval set: 200 faces of celebahq512 (4000–4199), degradation seed 0. "
-      "Made by `bash benchmarks/remeasure_mini.sh qdlora` (commands there); rows: `qdlora_mini.json`.\n\n" + md + "\n")
+    args.results / "qdlora_mini.json",
+    json.dumps(
+      dict(
+        eval_set="200 faces of celebahq512 4000-4199, degradation seed 0, 128 px",
+        command="bash benchmarks/remeasure_mini.sh qdlora",
+        rows=rows,
+      ),
+      indent=1,
+    ),
+  )
+  atomic_write_text(
+    args.results / "qdlora_mini.md",
+    "# QD-LoRA on `mini` (128 px)\n\nEval set: 200 faces of celebahq512 (4000–4199), degradation seed 0. "
+    "Made by `bash benchmarks/remeasure_mini.sh qdlora` (commands there); rows: `qdlora_mini.json`.\n\n"
+    + md
+    + "\n",
+  )
   print(md)
 
 

@@ -23,8 +23,9 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from quantface_jax import checkpoint  # pylint: disable=wrong-import-position
 from bench_setup import bench_recipe  # pylint: disable=wrong-import-position
+
+from quantface_jax import checkpoint  # pylint: disable=wrong-import-position
 from quantface_jax.quant import api, quantize  # pylint: disable=wrong-import-position
 
 PHASES = ("calibrate", "_balance", "low_rank_split", "clip_ratio", "calibrate_ranges")
@@ -40,6 +41,7 @@ def main(preset: str) -> None:
       seconds[name] += time.perf_counter() - start
       calls[name] += 1
       return out
+
     return wrapper
 
   for name in PHASES:
@@ -50,8 +52,12 @@ def main(preset: str) -> None:
   recipe = bench_recipe()
   start = time.perf_counter()
   quantize(fp, recipe, calibration=[face])
-  row = dict(preset=preset, device=str(jax.devices()[0]), total_s=round(time.perf_counter() - start, 1),
-             phases={n: dict(s=round(seconds[n], 1), calls=calls[n]) for n in PHASES})
+  row = dict(
+    preset=preset,
+    device=str(jax.devices()[0]),
+    total_s=round(time.perf_counter() - start, 1),
+    phases={n: dict(s=round(seconds[n], 1), calls=calls[n]) for n in PHASES},
+  )
   print(json.dumps(row, indent=1))
 
 

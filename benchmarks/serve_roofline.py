@@ -33,11 +33,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+from bench_kernels import floor_s  # noqa: E402  (the H200 peaks and bandwidth, one place)
+
 from quantface_jax.models import PRESETS, build  # noqa: E402
 from quantface_jax.models.layers import Conv2d  # noqa: E402
-from quantface_jax.quant import get_recipe, rules as rules_lib  # noqa: E402
-
-from bench_kernels import floor_s  # noqa: E402  (the H200 peaks and bandwidth, one place)
+from quantface_jax.quant import get_recipe  # noqa: E402
+from quantface_jax.quant import rules as rules_lib
 
 
 class _ShapeProbe(nnx.Module):
@@ -58,7 +59,7 @@ def layer_shapes(preset: str, batch: int, bits: str) -> list[dict]:
   model = nnx.eval_shape(lambda: build(preset))
   shapes, configs = {}, {}
   rules = get_recipe("rtn", bits).rules
-  for path, layer in rules_lib.iter_layers(model, rules_lib.FP_LAYERS):
+  for path, _ in rules_lib.iter_layers(model, rules_lib.FP_LAYERS):
     if (config := rules_lib.match(rules, path)) is not None:
       configs[path] = config
   layers = [(path, rules_lib.get_module(model, path)) for path in configs]
@@ -66,8 +67,11 @@ def layer_shapes(preset: str, batch: int, bits: str) -> list[dict]:
     rules_lib.set_module(model, path, _ShapeProbe(layer, path, shapes))
   graphdef, state = nnx.split(model)
   res = PRESETS[preset].resolution
-  jax.eval_shape(lambda s, lq: nnx.merge(graphdef, s).restore(lq, dtype=jnp.bfloat16).image, state,
-                 jax.ShapeDtypeStruct((batch, res, res, 3), jnp.float32))
+  jax.eval_shape(
+    lambda s, lq: nnx.merge(graphdef, s).restore(lq, dtype=jnp.bfloat16).image,
+    state,
+    jax.ShapeDtypeStruct((batch, res, res, 3), jnp.float32),
+  )
   rows = []
   for path, layer in layers:
     (x_shape, y_shape) = shapes[path]
@@ -75,9 +79,18 @@ def layer_shapes(preset: str, batch: int, bits: str) -> list[dict]:
     k = kernel[0] * kernel[1] * kernel[2] if isinstance(layer, Conv2d) else kernel[0]
     n = kernel[-1]
     out_elems = math.prod(y_shape)
-    rows.append(dict(path=path, kind="conv" if isinstance(layer, Conv2d) else "linear",
-                     w_bits=configs[path].w_bits, M=out_elems // n, K=k, N=n, in_elems=math.prod(x_shape),
-                     out_elems=out_elems))
+    rows.append(
+      dict(
+        path=path,
+        kind="conv" if isinstance(layer, Conv2d) else "linear",
+        w_bits=configs[path].w_bits,
+        M=out_elems // n,
+        K=k,
+        N=n,
+        in_elems=math.prod(x_shape),
+        out_elems=out_elems,
+      )
+    )
   return rows
 
 
@@ -89,11 +102,14 @@ def floors_ms(row: dict) -> dict:
   acc_bytes = 4  # cuDNN's int8 conv writes f32, cuBLASLt's int8 GEMM int32
   t = lambda ops_, bytes_, precision: floor_s(ops_, bytes_, precision) * 1e3
   return dict(
-      bf16=t(ops, 2 * x + 2 * y + 2 * w, "bf16"),
-      int8_built=(t(0, 2 * x + x, "int8")                          # quantize: bf16 -> int8 codes
-                  + t(ops, x + acc_bytes * y + w_bytes, "int8")    # integer conv / GEMM
-                  + t(0, acc_bytes * y + 2 * y, "int8")),          # dequantizing epilogue -> bf16
-      int8_fused=t(ops, x + 2 * y + w_bytes, "int8"))
+    bf16=t(ops, 2 * x + 2 * y + 2 * w, "bf16"),
+    int8_built=(
+      t(0, 2 * x + x, "int8")  # quantize: bf16 -> int8 codes
+      + t(ops, x + acc_bytes * y + w_bytes, "int8")  # integer conv / GEMM
+      + t(0, acc_bytes * y + 2 * y, "int8")
+    ),  # dequantizing epilogue -> bf16
+    int8_fused=t(ops, x + 2 * y + w_bytes, "int8"),
+  )
 
 
 def component(path: str) -> str:
@@ -109,7 +125,9 @@ def main() -> None:
   p.add_argument("--preset", default="sd21")
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--bits", default="W4A8", help="body width (first/last layers stay W8A8)")
-  p.add_argument("--out", type=Path, default=None, help="JSON: per-layer rows and per-component sums")
+  p.add_argument(
+    "--out", type=Path, default=None, help="JSON: per-layer rows and per-component sums"
+  )
   args = p.parse_args()
   rows = layer_shapes(args.preset, args.batch, args.bits)
   sums = collections.defaultdict(lambda: collections.Counter())
@@ -124,13 +142,26 @@ def main() -> None:
   print("| component | layers | bf16 | int8 as built | int8 fused | built / bf16 | fused / bf16 |")
   print("|---|---|---|---|---|---|---|")
   for name, s in sorted(sums.items(), key=lambda item: item[0] == "total"):
-    print(f"| {name} | {s['layers']} | {s['bf16']:.1f} | {s['int8_built']:.1f} | {s['int8_fused']:.1f} "
-          f"| {s['int8_built'] / s['bf16']:.2f} | {s['int8_fused'] / s['bf16']:.2f} |")
+    print(
+      f"| {name} | {s['layers']} | {s['bf16']:.1f} | {s['int8_built']:.1f} | {s['int8_fused']:.1f} "
+      f"| {s['int8_built'] / s['bf16']:.2f} | {s['int8_fused'] / s['bf16']:.2f} |"
+    )
   if args.out:
     from quantface_jax.fileio import atomic_write_text
-    atomic_write_text(args.out, json.dumps(dict(preset=args.preset, batch=args.batch, bits=args.bits,
-                                                sums={k: dict(v) for k, v in sums.items()}, layers=rows),
-                                           indent=1))
+
+    atomic_write_text(
+      args.out,
+      json.dumps(
+        dict(
+          preset=args.preset,
+          batch=args.batch,
+          bits=args.bits,
+          sums={k: dict(v) for k, v in sums.items()},
+          layers=rows,
+        ),
+        indent=1,
+      ),
+    )
 
 
 if __name__ == "__main__":

@@ -49,15 +49,20 @@ def evaluate(model, val, dtype) -> tuple[dict[str, float], np.ndarray]:
     hq.append(batch["hq"] * 0.5 + 0.5)
   out, lq, hq = (np.concatenate(a) for a in (out, lq, hq))
   psnr = lambda a: 10 * np.log10(1.0 / np.maximum(np.mean((a - hq) ** 2, axis=(1, 2, 3)), 1e-10))
-  scores = {"num_faces": int(len(hq)), "psnr_restored": float(psnr(out).mean()),
-            "psnr_input": float(psnr(lq).mean())}
+  scores = {
+    "num_faces": int(len(hq)),
+    "psnr_restored": float(psnr(out).mean()),
+    "psnr_input": float(psnr(lq).mean()),
+  }
   scores["psnr_gain"] = scores["psnr_restored"] - scores["psnr_input"]
   grid = image_io.image_grid([[lq[i], out[i], hq[i]] for i in range(min(8, len(hq)))])
   return scores, grid
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--out", required=True)
   parser.add_argument("--workdir", default="/tmp/quantface_mini_work")
   parser.add_argument("--resume", default="", help="a checkpoints.tar from an earlier run")
@@ -71,12 +76,15 @@ def main() -> None:
   if args.resume and os.path.exists(args.resume):
     with tarfile.open(args.resume) as tar:
       tar.extractall(args.workdir, filter="data")
-    print(f"resumed from {args.resume}: {os.listdir(os.path.join(args.workdir, 'stages'))}", flush=True)
+    print(
+      f"resumed from {args.resume}: {os.listdir(os.path.join(args.workdir, 'stages'))}", flush=True
+    )
 
   config = apply_overrides(load_config_file(args.config), args.overrides)
   print(f"devices: {jax.devices()}", flush=True)
-  model, results = train_fp(config, args.workdir,
-                            on_stage_done=lambda name, _: archive_stage(args.workdir, args.out, name))
+  model, results = train_fp(
+    config, args.workdir, on_stage_done=lambda name, _: archive_stage(args.workdir, args.out, name)
+  )
   t_train = time.perf_counter() - t_start
 
   shipped = load_safetensors(os.path.join(args.workdir, "model"))
@@ -87,28 +95,40 @@ def main() -> None:
   image_io.write_image(os.path.join(args.out, "val_grid.png"), grid)
 
   summary = {
-      "devices": [str(d) for d in jax.devices()],
-      "parameters": parameter_counts(shipped),
-      "stages": {name: {"steps": r.steps_run, "seconds": round(r.seconds, 1),
-                        "steps_per_s": round(r.steps_run / max(r.seconds, 1e-9), 2),  # compile included
-                        "compile_profile": r.compile_profile,
-                        "final_train": r.train_metrics, "val": r.val_metrics}
-                 for name, r in results.items()},
-      "train_wall_s": round(t_train, 1),
-      "val_fp16_weights_fp32_compute": scores,
-      "last_logged": {s: (read_metrics(args.workdir, s) or [{}])[-1] for s in config.stages},
-      "total_wall_s": round(time.perf_counter() - t_start, 1),
+    "devices": [str(d) for d in jax.devices()],
+    "parameters": parameter_counts(shipped),
+    "stages": {
+      name: {
+        "steps": r.steps_run,
+        "seconds": round(r.seconds, 1),
+        "steps_per_s": round(r.steps_run / max(r.seconds, 1e-9), 2),  # compile included
+        "compile_profile": r.compile_profile,
+        "final_train": r.train_metrics,
+        "val": r.val_metrics,
+      }
+      for name, r in results.items()
+    },
+    "train_wall_s": round(t_train, 1),
+    "val_fp16_weights_fp32_compute": scores,
+    "last_logged": {s: (read_metrics(args.workdir, s) or [{}])[-1] for s in config.stages},
+    "total_wall_s": round(time.perf_counter() - t_start, 1),
   }
   with open(os.path.join(args.out, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   print("\n== summary ==")
   for name, s in summary["stages"].items():
     loss = s["final_train"].get("loss", float("nan"))
-    print(f"{name:5s} {s['steps']:6d} steps {s['seconds']:7.1f}s {s['steps_per_s']:7.2f} step/s "
-          f"loss {loss:.4f} val {s['val']}")
-  print(f"val ({scores['num_faces']} faces): restored {scores['psnr_restored']:.2f} dB, input "
-        f"{scores['psnr_input']:.2f} dB, gain {scores['psnr_gain']:+.2f} dB")
-  print(f"params {summary['parameters']['total']:,}; train {t_train:.0f}s; total {summary['total_wall_s']:.0f}s")
+    print(
+      f"{name:5s} {s['steps']:6d} steps {s['seconds']:7.1f}s {s['steps_per_s']:7.2f} step/s "
+      f"loss {loss:.4f} val {s['val']}"
+    )
+  print(
+    f"val ({scores['num_faces']} faces): restored {scores['psnr_restored']:.2f} dB, input "
+    f"{scores['psnr_input']:.2f} dB, gain {scores['psnr_gain']:+.2f} dB"
+  )
+  print(
+    f"params {summary['parameters']['total']:,}; train {t_train:.0f}s; total {summary['total_wall_s']:.0f}s"
+  )
 
 
 if __name__ == "__main__":

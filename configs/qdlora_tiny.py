@@ -19,6 +19,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.quant.overrides = ml_collections.ConfigDict(dict(alpha=0.5))
   c.quant.calibration.update(num_images=4, batch_size=4, max_samples=0, range_pass=False)
   c.qdlora.update(rank=4, lora_rank=4, sigma=0.05)
-  c.train.update(steps=4, batch_size=4, lr=1e-3, warmup_steps=1, log_every=1, checkpoint_every=2,
-                 progress=False, prefetch=1)
+  c.train.update(
+    steps=4,
+    batch_size=4,
+    lr=1e-3,
+    warmup_steps=1,
+    log_every=1,
+    checkpoint_every=2,
+    progress=False,
+    prefetch=1,
+  )
   return c

@@ -26,9 +26,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.quant.recipe = "quantface"  # smoothing (α search) + randomized Hadamard + low-rank split
   c.quant.bits = "W4A4"  # body width; first/last layers stay W8A8
   c.quant.seed = 0  # rotation seeds
-  c.quant.overrides = ml_collections.ConfigDict()  # LayerQuantConfig fields of the body (free-form: --config.quant.overrides.low_rank=0 adds one)
-  c.quant.calibration = ml_collections.ConfigDict(dict(
-      num_images=64, batch_size=16, max_samples=256, seed=0, range_pass=True))
+  c.quant.overrides = (
+    ml_collections.ConfigDict()
+  )  # LayerQuantConfig fields of the body (free-form: --config.quant.overrides.low_rank=0 adds one)
+  c.quant.calibration = ml_collections.ConfigDict(
+    dict(num_images=64, batch_size=16, max_samples=256, seed=0, range_pass=True)
+  )
 
   c.qdlora = ml_collections.ConfigDict()
   c.qdlora.rank = 16  # SVD-branch rank per layer
@@ -38,8 +41,19 @@ def get_config() -> ml_collections.ConfigDict:
   c.qdlora.learn_scales = True  # LSQ: weight clip ratios and static activation ranges train too
 
   c.train = ml_collections.ConfigDict(mini.train.to_dict())  # optimizer/logging/mesh defaults
-  c.train.update(dict(steps=2000, batch_size=32, lr=1e-4, warmup_steps=100, time_budget_s=0.0,
-                      checkpoint_every=500, feature_kind="l1"))
+  c.train.update(
+    dict(
+      steps=2000,
+      batch_size=32,
+      lr=1e-4,
+      warmup_steps=100,
+      time_budget_s=0.0,
+      checkpoint_every=500,
+      feature_kind="l1",
+    )
+  )
   c.train.weights = ml_collections.ConfigDict(dict(latent=1.0, l1=1.0, sobel=0.5, feature=0.1))
-  c.train.remat = False  # recompute the student's block activations in the backward pass (sd21 at 512²)
+  c.train.remat = (
+    False  # recompute the student's block activations in the backward pass (sd21 at 512²)
+  )
   return c

@@ -6,6 +6,17 @@ metrics, convert).
 
 from quantface_jax.checkpoint import load, save_model
 from quantface_jax.inference import make_restore_fn
-from quantface_jax.models import (MINI, PRESETS, SD21, TINY, OSDFace, OSDFaceConfig, RestoreOutput, abstract,
-                                  build, parameter_counts, set_remat)
+from quantface_jax.models import (
+  MINI,
+  PRESETS,
+  SD21,
+  TINY,
+  OSDFace,
+  OSDFaceConfig,
+  RestoreOutput,
+  abstract,
+  build,
+  parameter_counts,
+  set_remat,
+)
 from quantface_jax.version import __version__

@@ -10,18 +10,24 @@ from quantface_jax.data import io as image_io
 
 # (source, crop box top, bottom, left, right): face crops framed like the CelebA-HQ training faces.
 SAMPLE_FACES = {
-    "astronaut": ("skimage.astronaut", (30, 220, 130, 320)),  # Eileen Collins, NASA (public domain)
-    "grace_hopper": ("matplotlib.grace_hopper", (95, 375, 122, 402)),  # Grace Hopper, US Navy (public domain)
+  "astronaut": ("skimage.astronaut", (30, 220, 130, 320)),  # Eileen Collins, NASA (public domain)
+  "grace_hopper": (
+    "matplotlib.grace_hopper",
+    (95, 375, 122, 402),
+  ),  # Grace Hopper, US Navy (public domain)
 }
 
 
 def _load_source(source: str) -> np.ndarray:
   if source == "skimage.astronaut":
     from skimage import data
+
     return data.astronaut()
   import matplotlib.cbook
-  return image_io.to_uint8(image_io.read_image(
-      matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
+
+  return image_io.to_uint8(
+    image_io.read_image(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+  )
 
 
 def write_sample_faces(out_dir: pathlib.Path) -> pathlib.Path:
@@ -40,8 +46,9 @@ DEMO_BITS = "W4A4"
 CALIBRATION_SEEDS = (1, 2, 3, 4)
 
 
-def run_demo(out_dir, *, ckpt: str = "mini", seed: int = 0, batch_size: int = 4,
-             quantized: bool = True) -> list[dict]:
+def run_demo(
+  out_dir, *, ckpt: str = "mini", seed: int = 0, batch_size: int = 4, quantized: bool = True
+) -> list[dict]:
   """Restores synthetic degradations of the sample faces with the FP model and, if ``quantized``,
   its DEMO_RECIPES at DEMO_BITS, and writes the evaluation report into ``out_dir``."""
   from quantface_jax.checkpoint import load
@@ -65,12 +72,23 @@ def _quantized_variants(model, hq_dir: pathlib.Path, res: int) -> dict:
   from quantface_jax.inference import make_restore_fn
   from quantface_jax.quant import calibrate, get_recipe, quantize
 
-  lq = [HQFolderDataset(hq_dir, res, seed=s).load(i)[0] for s in CALIBRATION_SEEDS
-        for i in range(len(SAMPLE_FACES))]
+  lq = [
+    HQFolderDataset(hq_dir, res, seed=s).load(i)[0]
+    for s in CALIBRATION_SEEDS
+    for i in range(len(SAMPLE_FACES))
+  ]
   batches = [np.stack(lq).astype(np.float32) * 2.0 - 1.0]
   recipes = [get_recipe(name, DEMO_BITS) for name in DEMO_RECIPES]
   settings = recipes[0].calibration
-  stats = calibrate(model, batches, rules=recipes[0].rules, max_samples=settings.max_samples,
-                    seed=settings.seed, progress=False)
-  return {recipe.name: make_restore_fn(quantize(model, recipe, calibration=stats, images=batches))
-          for recipe in recipes}
+  stats = calibrate(
+    model,
+    batches,
+    rules=recipes[0].rules,
+    max_samples=settings.max_samples,
+    seed=settings.seed,
+    progress=False,
+  )
+  return {
+    recipe.name: make_restore_fn(quantize(model, recipe, calibration=stats, images=batches))
+    for recipe in recipes
+  }

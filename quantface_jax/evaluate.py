@@ -10,14 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from quantface_jax.data import io as image_io
+from quantface_jax.fileio import atomic_write_text
 from quantface_jax.inference import restore_files
 from quantface_jax.metrics import compute_metrics, fidelity_psnr
-from quantface_jax.fileio import atomic_write_text
 
 RestoreFn = Callable[[object], object]
 
@@ -31,16 +31,22 @@ class EvalSet:
   description: str  # how the set was made, for the report
 
 
-def synthetic_set(hq_dir, out_dir, *, resolution: int, indices: Sequence[int] | None, seed: int) -> EvalSet:
+def synthetic_set(
+  hq_dir, out_dir, *, resolution: int, indices: Sequence[int] | None, seed: int
+) -> EvalSet:
   """Degrades HQ faces with a fixed seed (the project's pipeline) into ``out_dir/set``."""
   from quantface_jax.data.datasets import make_eval_set
+
   n = len(image_io.list_images(hq_dir))
   indices = list(range(n)) if indices is None else list(indices)
   root = make_eval_set(hq_dir, indices, resolution, seed, pathlib.Path(out_dir) / "set")
   lq = image_io.list_images(root / "lq")
   hq = {p.stem: p for p in image_io.list_images(root / "hq")}
-  return EvalSet(lq_files=lq, hq_files=hq,
-                 description=f"{len(lq)} faces of {hq_dir}, degraded with seed {seed} at {resolution}px")
+  return EvalSet(
+    lq_files=lq,
+    hq_files=hq,
+    description=f"{len(lq)} faces of {hq_dir}, degraded with seed {seed} at {resolution}px",
+  )
 
 
 def folder_set(lq_dir, hq_dir=None) -> EvalSet:
@@ -53,9 +59,17 @@ def _load_stack(files: Sequence[pathlib.Path], resolution: int) -> np.ndarray:
   return np.stack([image_io.read_image(f, resolution) for f in files])
 
 
-def evaluate(variants: Mapping[str, RestoreFn], eval_set: EvalSet, out_dir, *, resolution: int,
-             batch_size: int = 8, grid_faces: int = 8, reference: str | None = None,
-             with_niqe: bool = True) -> list[dict]:
+def evaluate(
+  variants: Mapping[str, RestoreFn],
+  eval_set: EvalSet,
+  out_dir,
+  *,
+  resolution: int,
+  batch_size: int = 8,
+  grid_faces: int = 8,
+  reference: str | None = None,
+  with_niqe: bool = True,
+) -> list[dict]:
   """Restores ``eval_set`` with each variant and writes metrics.json, report.md and grid.png.
 
   Rows: ``input`` (the LQ images themselves, resized to the model resolution) and one per variant,
@@ -76,8 +90,13 @@ def evaluate(variants: Mapping[str, RestoreFn], eval_set: EvalSet, out_dir, *, r
   outputs: dict[str, np.ndarray] = {}
   failed: dict[str, str] = {}
   for name, restore in variants.items():
-    result = restore_files(restore, eval_set.lq_files, out_dir / "images" / name, resolution=resolution,
-                           batch_size=batch_size)
+    result = restore_files(
+      restore,
+      eval_set.lq_files,
+      out_dir / "images" / name,
+      resolution=resolution,
+      batch_size=batch_size,
+    )
     failed.update(result.failed)
     outputs[name] = _load_stack([out_dir / "images" / name / f"{s}.png" for s in stems], resolution)
 
@@ -85,14 +104,18 @@ def evaluate(variants: Mapping[str, RestoreFn], eval_set: EvalSet, out_dir, *, r
   for name, images in outputs.items():
     row = dict(variant=name, n=len(stems), **compute_metrics(images, gt, with_niqe=with_niqe))
     if name != reference:
-      row["psnr_vs_fp"] = float(np.mean([fidelity_psnr(a, b) for a, b in zip(images, outputs[reference])]))
+      row["psnr_vs_fp"] = float(
+        np.mean([fidelity_psnr(a, b) for a, b in zip(images, outputs[reference])])
+      )
     rows.append(row)
 
   atomic_write_text(out_dir / "metrics.json", json.dumps(rows, indent=2))
   k = min(grid_faces, len(stems))
   columns = ["LQ"] + list(outputs) + (["GT"] if gt is not None else [])
-  grid_rows = [[lq[i]] + [outputs[v][i] for v in outputs] + ([gt[i]] if gt is not None else [])
-               for i in range(k)]
+  grid_rows = [
+    [lq[i]] + [outputs[v][i] for v in outputs] + ([gt[i]] if gt is not None else [])
+    for i in range(k)
+  ]
   image_io.write_image(out_dir / "grid.png", image_io.image_grid(grid_rows, labels=columns))
   atomic_write_text(out_dir / "report.md", report_markdown(rows, eval_set.description, failed))
   return rows
@@ -101,12 +124,19 @@ def evaluate(variants: Mapping[str, RestoreFn], eval_set: EvalSet, out_dir, *, r
 def report_markdown(rows: list[dict], description: str, failed: Mapping[str, str]) -> str:
   cols = [c for c in ("psnr", "ssim", "niqe", "psnr_vs_fp", "n") if any(c in r for r in rows)]
   fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
-  lines = [f"# Evaluation\n\n{description}.\n", "| variant | " + " | ".join(cols) + " |",
-           "|---|" + "---|" * len(cols)]
-  lines += ["| " + r["variant"] + " | " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
-  lines.append("\nPSNR/SSIM: RGB, basicsr conventions, against ground truth; psnr_vs_fp: against the FP "
-               "model's output; NIQE: LIVE pristine model (images under 192 px are upsampled first, "
-               "see quantface_jax.metrics.niqe).\n\n![grid](grid.png)\n")
+  lines = [
+    f"# Evaluation\n\n{description}.\n",
+    "| variant | " + " | ".join(cols) + " |",
+    "|---|" + "---|" * len(cols),
+  ]
+  lines += [
+    "| " + r["variant"] + " | " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows
+  ]
+  lines.append(
+    "\nPSNR/SSIM: RGB, basicsr conventions, against ground truth; psnr_vs_fp: against the FP "
+    "model's output; NIQE: LIVE pristine model (images under 192 px are upsampled first, "
+    "see quantface_jax.metrics.niqe).\n\n![grid](grid.png)\n"
+  )
   if failed:
     lines.append("\n## Failed inputs\n" + "\n".join(f"- {reason}" for reason in failed.values()))
   return "\n".join(lines) + "\n"

@@ -7,7 +7,8 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import IO, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import IO
 
 
 @contextlib.contextmanager

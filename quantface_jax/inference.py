@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pathlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -62,9 +62,16 @@ class FolderResult:
   notes: dict[str, list[str]]  # input file -> conversions applied (grayscale, alpha, resize, ...)
 
 
-def restore_files(restore: Callable[[jax.Array], jax.Array], files: Sequence[pathlib.Path], output_dir: pathlib.Path,
-                  *, resolution: int, batch_size: int, compare: bool = False,
-                  progress: bool = True) -> FolderResult:
+def restore_files(
+  restore: Callable[[jax.Array], jax.Array],
+  files: Sequence[pathlib.Path],
+  output_dir: pathlib.Path,
+  *,
+  resolution: int,
+  batch_size: int,
+  compare: bool = False,
+  progress: bool = True,
+) -> FolderResult:
   """Restores ``files`` in batches into ``output_dir`` (PNG, same stem).
 
   Outputs that exist are skipped; each is written atomically. An unreadable input is recorded with
@@ -83,7 +90,7 @@ def restore_files(restore: Callable[[jax.Array], jax.Array], files: Sequence[pat
   bar = tqdm(total=len(todo), unit="face", disable=not progress, desc="restore")
   for start in range(0, len(todo), batch_size):
     batch, names = [], []
-    for f in todo[start:start + batch_size]:
+    for f in todo[start : start + batch_size]:
       try:
         img, conv = image_io.read_image_with_notes(f, size=resolution)
       except ValueError as e:
@@ -99,14 +106,18 @@ def restore_files(restore: Callable[[jax.Array], jax.Array], files: Sequence[pat
       lq = np.stack(batch).astype(np.float32)
       pad = batch_size - len(batch)
       padded = np.concatenate([lq, np.repeat(lq[-1:], pad, 0)]) if pad else lq
-      out = np.asarray(restore(jnp.asarray(padded * 2.0 - 1.0)))[:len(batch)]
+      out = np.asarray(restore(jnp.asarray(padded * 2.0 - 1.0)))[: len(batch)]
       for f, img, lq_img in zip(names, out, lq):
         target = output_dir / f"{f.stem}.png"
         image_io.write_image(target, img)
         if compare:
-          image_io.write_image(output_dir / f"{f.stem}_compare.png",
-                               image_io.image_grid([[lq_img, img]], labels=["LQ", "restored"]))
+          image_io.write_image(
+            output_dir / f"{f.stem}_compare.png",
+            image_io.image_grid([[lq_img, img]], labels=["LQ", "restored"]),
+          )
         written.append(str(target))
-    bar.update(len(todo[start:start + batch_size]))
+    bar.update(len(todo[start : start + batch_size]))
   bar.close()
-  return FolderResult(written=written, skipped=[str(s) for s in skipped], failed=failed, notes=notes)
+  return FolderResult(
+    written=written, skipped=[str(s) for s in skipped], failed=failed, notes=notes
+  )

@@ -19,6 +19,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 @pytest.fixture(scope="session")
 def tiny_model():
   from quantface_jax.models import build
+
   return build("tiny", seed=0)
 
 

@@ -30,14 +30,36 @@ def test_info_json_counts_sd21_abstractly(capsys):
 def test_restore_converts_odd_inputs_reports_failures_and_resumes(tmp_path, capsys):
   inputs, out = tmp_path / "in", tmp_path / "out"
   _write_inputs(inputs)
-  rc = cli.main(["restore", "--ckpt", "tiny", "--input", str(inputs), "--output", str(out),
-                 "--batch-size", "3", "--compare"])
+  rc = cli.main(
+    [
+      "restore",
+      "--ckpt",
+      "tiny",
+      "--input",
+      str(inputs),
+      "--output",
+      str(out),
+      "--batch-size",
+      "3",
+      "--compare",
+    ]
+  )
   assert rc == 1  # one input is unreadable: the others are done, and the run says so
   err = capsys.readouterr().err
   assert "broken.jpg" in err
   written = sorted(p.name for p in out.iterdir())
-  assert written == sorted(["gray_wide.png", "gray_wide_compare.png", "rgb.png", "rgb_compare.png",
-                            "rgba.png", "rgba_compare.png", "sixteen.png", "sixteen_compare.png"])
+  assert written == sorted(
+    [
+      "gray_wide.png",
+      "gray_wide_compare.png",
+      "rgb.png",
+      "rgb_compare.png",
+      "rgba.png",
+      "rgba_compare.png",
+      "sixteen.png",
+      "sixteen_compare.png",
+    ]
+  )
   assert np.asarray(Image.open(out / "rgb.png")).shape == (32, 32, 3)
   assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
@@ -54,15 +76,15 @@ def test_unknown_model_is_a_clear_error():
 
 
 def test_quant_labels_split_only_when_the_spec_is_not_a_path(tmp_path):
-  assert cli.split_label('runs/w4a4/model') == (None, 'runs/w4a4/model')
-  assert cli.split_label('qdlora=runs/w4a4/model') == ('qdlora', 'runs/w4a4/model')
-  odd = tmp_path / 'a=b'
+  assert cli.split_label("runs/w4a4/model") == (None, "runs/w4a4/model")
+  assert cli.split_label("qdlora=runs/w4a4/model") == ("qdlora", "runs/w4a4/model")
+  odd = tmp_path / "a=b"
   odd.mkdir()
   assert cli.split_label(str(odd)) == (None, str(odd))  # an existing folder with '=' in its name
-  assert cli.split_label('=x') == (None, '=x')
+  assert cli.split_label("=x") == (None, "=x")
 
 
 def test_cli_logs_at_info(capsys):
-  assert cli.main(['info', 'tiny']) == 0
-  logging.getLogger('quantface').info('phase marker')
-  assert 'phase marker' in capsys.readouterr().err
+  assert cli.main(["info", "tiny"]) == 0
+  logging.getLogger("quantface").info("phase marker")
+  assert "phase marker" in capsys.readouterr().err

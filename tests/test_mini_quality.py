@@ -12,9 +12,15 @@ def test_mini_beats_input_by_2db_with_lower_niqe(faces_dir, tmp_path):
 
   model = load("mini")
   resolution = model.config.resolution
-  eval_set = synthetic_set(faces_dir, tmp_path, resolution=resolution, indices=range(4000, 4200), seed=0)
-  rows = {r["variant"]: r for r in evaluate({"mini": make_restore_fn(model)}, eval_set, tmp_path,
-                                            resolution=resolution, batch_size=25)}
+  eval_set = synthetic_set(
+    faces_dir, tmp_path, resolution=resolution, indices=range(4000, 4200), seed=0
+  )
+  rows = {
+    r["variant"]: r
+    for r in evaluate(
+      {"mini": make_restore_fn(model)}, eval_set, tmp_path, resolution=resolution, batch_size=25
+    )
+  }
   assert rows["mini"]["n"] == 200
   assert rows["mini"]["psnr"] >= rows["input"]["psnr"] + 2.0, rows
   assert rows["mini"]["niqe"] < rows["input"]["niqe"], rows

@@ -46,11 +46,13 @@ class AllocateResult:
   allocation: program.Allocation
 
 
-def calibration_faces(calib_dir: str | os.PathLike[str], resolution: int, *, count: int,
-                      seed: int) -> np.ndarray:
+def calibration_faces(
+  calib_dir: str | os.PathLike[str], resolution: int, *, count: int, seed: int
+) -> np.ndarray:
   """(count, R, R, 3) LQ faces in [-1, 1]: the first `count` files of `calib_dir`, degraded with
   `seed` (the project's pipeline, as `HQFolderDataset` makes them)."""
   from quantface_jax.data.datasets import HQFolderDataset  # pylint: disable=g-import-not-at-top
+
   dataset = HQFolderDataset(calib_dir, resolution, indices=range(count), seed=seed)
   return np.stack([dataset.load(i)[0] for i in range(count)]) * 2.0 - 1.0
 
@@ -59,30 +61,33 @@ def allocatable_paths(model: nnx.Module, recipe) -> list[str]:
   """Layers of the FP `model` that `recipe` quantizes, less the W8A8-kept ones (DESIGN §2.1), in
   `quant_layers` order of the quantized model."""
   keep = [(pattern, True) for pattern in rules_lib.KEEP_W8A8]
-  return [path for path, _ in rules_lib.iter_layers(model, rules_lib.FP_LAYERS)
-          if rules_lib.match(recipe.rules, path) is not None and rules_lib.match(keep, path) is None]
+  return [
+    path
+    for path, _ in rules_lib.iter_layers(model, rules_lib.FP_LAYERS)
+    if rules_lib.match(recipe.rules, path) is not None and rules_lib.match(keep, path) is None
+  ]
 
 
 def allocate(
-    model_ckpt: str | os.PathLike[str] | nnx.Module,
-    calib_dir: str | os.PathLike[str],
-    *,
-    recipe: str | Recipe = "quantface",
-    budget: float = 4.0,
-    lam: float = 1.0,
-    budget_kind: program.BudgetKind = "bits",
-    widths: Sequence[int] = (3, 4, 5, 6),
-    which: program.Mode = "activations",
-    w_bits: int = 4,
-    a_bits: int = 4,
-    calib_count: int = 32,
-    calib_seed: int = 1,
-    sweep_count: int = 8,
-    chunk_size: int = 8,
-    out: str | os.PathLike[str] = "bits.json",
-    cache_dir: str | os.PathLike[str] | None = None,
-    solver: str = "cvxpy",
-    progress: bool = True,
+  model_ckpt: str | os.PathLike[str] | nnx.Module,
+  calib_dir: str | os.PathLike[str],
+  *,
+  recipe: str | Recipe = "quantface",
+  budget: float = 4.0,
+  lam: float = 1.0,
+  budget_kind: program.BudgetKind = "bits",
+  widths: Sequence[int] = (3, 4, 5, 6),
+  which: program.Mode = "activations",
+  w_bits: int = 4,
+  a_bits: int = 4,
+  calib_count: int = 32,
+  calib_seed: int = 1,
+  sweep_count: int = 8,
+  chunk_size: int = 8,
+  out: str | os.PathLike[str] = "bits.json",
+  cache_dir: str | os.PathLike[str] | None = None,
+  solver: str = "cvxpy",
+  progress: bool = True,
 ) -> AllocateResult:
   """Allocates bit widths per layer and writes the bits map to `out`.
 
@@ -111,45 +116,71 @@ def allocate(
     ValueError: the budget is infeasible (checked before the sweep) or an argument is malformed.
   """
   from quantface_jax.checkpoint import load  # pylint: disable=g-import-not-at-top
+
   fp_model = model_ckpt if isinstance(model_ckpt, nnx.Module) else load(model_ckpt)
   quant_recipe = recipe if isinstance(recipe, Recipe) else get_recipe(recipe, f"W{w_bits}A{a_bits}")
   paths = allocatable_paths(fp_model, quant_recipe)
-  problem_kwargs = dict(widths=widths, budget=budget, budget_kind=budget_kind,
-                        perceptual_weight=lam, mode=which, fixed_w_bits=w_bits,
-                        fixed_a_bits=a_bits)
+  problem_kwargs = dict(
+    widths=widths,
+    budget=budget,
+    budget_kind=budget_kind,
+    perceptual_weight=lam,
+    mode=which,
+    fixed_w_bits=w_bits,
+    fixed_a_bits=a_bits,
+  )
   n_act, n_weight, macs = layer_sizes(fp_model, paths)
   zeros = np.zeros((len(paths), len(widths)))
-  program.build_problem(zeros, zeros, n_act=n_act, n_weight=n_weight, macs=macs,
-                        **problem_kwargs)  # Fails fast on an infeasible budget.
+  program.build_problem(
+    zeros, zeros, n_act=n_act, n_weight=n_weight, macs=macs, **problem_kwargs
+  )  # Fails fast on an infeasible budget.
 
-  lq = calibration_faces(calib_dir, fp_model.config.resolution, count=calib_count,
-                         seed=calib_seed)
+  lq = calibration_faces(calib_dir, fp_model.config.resolution, count=calib_count, seed=calib_seed)
   size = quant_recipe.calibration.batch_size
-  model = quantize(fp_model, quant_recipe, progress=progress,
-                   calibration=[lq[i:i + size] for i in range(0, len(lq), size)])
+  model = quantize(
+    fp_model,
+    quant_recipe,
+    progress=progress,
+    calibration=[lq[i : i + size] for i in range(0, len(lq), size)],
+  )
 
   cache_dir = cache_dir or f"{out}.sweep"
-  table = sensitivity_sweep(model, lq[:sweep_count], paths=paths, widths=widths, which=which,
-                            chunk_size=chunk_size, cache_dir=cache_dir, progress=progress)
-  problem = program.build_problem(table.e, table.p, n_act=table.n_act, n_weight=table.n_weight,
-                                  macs=table.macs, **problem_kwargs)
+  table = sensitivity_sweep(
+    model,
+    lq[:sweep_count],
+    paths=paths,
+    widths=widths,
+    which=which,
+    chunk_size=chunk_size,
+    cache_dir=cache_dir,
+    progress=progress,
+  )
+  problem = program.build_problem(
+    table.e, table.p, n_act=table.n_act, n_weight=table.n_weight, macs=table.macs, **problem_kwargs
+  )
   solve = {"cvxpy": program.solve_with_cvxpy, "highspy": program.solve_with_highspy}[solver]
   allocation = solve(problem)
 
   bits_map = get_bits(model) | program.allocation_to_bits_map(allocation, table.paths)
   meta = program.allocation_meta(problem, allocation) | {
-      "recipe": quant_recipe.name,
-      "model": fp_model.config.name if model_ckpt is fp_model else str(model_ckpt),
-      "calibration": {"dir": str(calib_dir), "count": calib_count, "seed": calib_seed,
-                      "sweep_count": sweep_count},
-      "allocated_layers": len(table.paths),
-      "sweep_time_s": table.sweep_time_s,
-      "metric_e": "relative MSE of z_H", "metric_p": "1 - SSIM of the decoded image vs FP",
+    "recipe": quant_recipe.name,
+    "model": fp_model.config.name if model_ckpt is fp_model else str(model_ckpt),
+    "calibration": {
+      "dir": str(calib_dir),
+      "count": calib_count,
+      "seed": calib_seed,
+      "sweep_count": sweep_count,
+    },
+    "allocated_layers": len(table.paths),
+    "sweep_time_s": table.sweep_time_s,
+    "metric_e": "relative MSE of z_H",
+    "metric_p": "1 - SSIM of the decoded image vs FP",
   }
   program.save_bits_map(out, bits_map, meta)
   set_bits(model, bits_map)
-  return AllocateResult(model=model, bits_map=bits_map, meta=meta, table=table,
-                        allocation=allocation)
+  return AllocateResult(
+    model=model, bits_map=bits_map, meta=meta, table=table, allocation=allocation
+  )
 
 
 def add_allocate_parser(subparsers) -> argparse.ArgumentParser:
@@ -157,12 +188,22 @@ def add_allocate_parser(subparsers) -> argparse.ArgumentParser:
   s = subparsers.add_parser("allocate", help="per-layer bit widths under a budget (bits map JSON)")
   s.add_argument("--ckpt", default="mini", help="checkpoint dir or preset (default: mini)")
   s.add_argument("--calib", required=True, help="folder of HQ faces for calibration and the sweep")
-  s.add_argument("--budget", type=float, default=4.0,
-                 help="mean width (--objective bits) or fraction of W8A8 BOPs (bops)")
-  s.add_argument("--lambda", dest="lam", type=float, default=1.0,
-                 help="weight of the perceptual cost (1 - SSIM) against the latent error")
-  s.add_argument("--objective", choices=sorted(_OBJECTIVES), default="bits",
-                 help="what --budget limits")
+  s.add_argument(
+    "--budget",
+    type=float,
+    default=4.0,
+    help="mean width (--objective bits) or fraction of W8A8 BOPs (bops)",
+  )
+  s.add_argument(
+    "--lambda",
+    dest="lam",
+    type=float,
+    default=1.0,
+    help="weight of the perceptual cost (1 - SSIM) against the latent error",
+  )
+  s.add_argument(
+    "--objective", choices=sorted(_OBJECTIVES), default="bits", help="what --budget limits"
+  )
   s.add_argument("--recipe", default="quantface", help="quantization recipe")
   s.add_argument("--which", choices=["activations", "weights", "both"], default="activations")
   s.add_argument("--widths", default="3,4,5,6", help="candidate widths, comma separated")
@@ -181,16 +222,29 @@ def add_allocate_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_allocate(args: argparse.Namespace) -> int:
   try:
     result = allocate(
-        args.ckpt, args.calib, recipe=args.recipe, budget=args.budget, lam=args.lam,
-        budget_kind=_OBJECTIVES[args.objective],
-        widths=tuple(int(w) for w in args.widths.split(",")), which=args.which,
-        w_bits=args.w_bits, a_bits=args.a_bits, calib_count=args.calib_count,
-        calib_seed=args.calib_seed, sweep_count=args.sweep_count, chunk_size=args.chunk_size,
-        out=args.out, cache_dir=args.cache_dir)
+      args.ckpt,
+      args.calib,
+      recipe=args.recipe,
+      budget=args.budget,
+      lam=args.lam,
+      budget_kind=_OBJECTIVES[args.objective],
+      widths=tuple(int(w) for w in args.widths.split(",")),
+      which=args.which,
+      w_bits=args.w_bits,
+      a_bits=args.a_bits,
+      calib_count=args.calib_count,
+      calib_seed=args.calib_seed,
+      sweep_count=args.sweep_count,
+      chunk_size=args.chunk_size,
+      out=args.out,
+      cache_dir=args.cache_dir,
+    )
   except ValueError as e:
     raise SystemExit(f"quantface allocate: {e}") from e
   meta = result.meta
-  print(f"{meta['allocated_layers']} layers: mean width {meta['mean_width']:.4f} "
-        f"(budget {meta['budget']:g} {meta['budget_kind']}, lambda {meta['perceptual_weight']:g}), "
-        f"sweep {meta['sweep_time_s']:.1f} s -> {pathlib.Path(args.out)}")
+  print(
+    f"{meta['allocated_layers']} layers: mean width {meta['mean_width']:.4f} "
+    f"(budget {meta['budget']:g} {meta['budget_kind']}, lambda {meta['perceptual_weight']:g}), "
+    f"sweep {meta['sweep_time_s']:.1f} s -> {pathlib.Path(args.out)}"
+  )
   return 0

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
+
 from quantface_jax.fileio import atomic_write_text
 
 Mode = Literal["activations", "weights", "both"]
@@ -106,23 +107,23 @@ class Allocation:
 
 
 def build_problem(
-    errors: np.ndarray,
-    perceptual: np.ndarray | None = None,
-    *,
-    widths: Sequence[int],
-    n_act: np.ndarray,
-    budget: float,
-    budget_kind: BudgetKind = "bits",
-    perceptual_weight: float = 0.0,
-    mode: Mode = "activations",
-    fixed_w_bits: int = 4,
-    fixed_a_bits: int = 8,
-    n_weight: np.ndarray | None = None,
-    macs: np.ndarray | None = None,
-    min_bits: int | np.ndarray | None = None,
-    max_bits: int | np.ndarray | None = None,
-    allowed: np.ndarray | None = None,
-    normalization: Normalization = "mean",
+  errors: np.ndarray,
+  perceptual: np.ndarray | None = None,
+  *,
+  widths: Sequence[int],
+  n_act: np.ndarray,
+  budget: float,
+  budget_kind: BudgetKind = "bits",
+  perceptual_weight: float = 0.0,
+  mode: Mode = "activations",
+  fixed_w_bits: int = 4,
+  fixed_a_bits: int = 8,
+  n_weight: np.ndarray | None = None,
+  macs: np.ndarray | None = None,
+  min_bits: int | np.ndarray | None = None,
+  max_bits: int | np.ndarray | None = None,
+  allowed: np.ndarray | None = None,
+  normalization: Normalization = "mean",
 ) -> AllocationProblem:
   """Validates the inputs and builds the program.
 
@@ -159,7 +160,7 @@ def build_problem(
   if num_widths != widths_arr.size:
     raise ValueError(f"errors has {num_widths} columns but widths has {widths_arr.size} entries")
   perceptual = (
-      np.zeros_like(errors) if perceptual is None else _validate_table("perceptual", perceptual)
+    np.zeros_like(errors) if perceptual is None else _validate_table("perceptual", perceptual)
   )
   if perceptual.shape != errors.shape:
     raise ValueError(f"perceptual has shape {perceptual.shape}, errors has {errors.shape}")
@@ -206,28 +207,28 @@ def build_problem(
   smallest_limit = np.where(allowed_mask, budget_usage, np.inf).min(axis=1).sum()
   if smallest_limit > budget_limit + BUDGET_TOLERANCE:
     raise ValueError(
-        f"budget {budget:g} ({budget_kind}) is infeasible: the smallest feasible budget is "
-        f"{smallest_limit / budget_to_limit:.10g} (every layer at its cheapest allowed width)"
+      f"budget {budget:g} ({budget_kind}) is infeasible: the smallest feasible budget is "
+      f"{smallest_limit / budget_to_limit:.10g} (every layer at its cheapest allowed width)"
     )
 
   cost = _normalize(errors, allowed_mask, normalization) + perceptual_weight * _normalize(
-      perceptual, allowed_mask, normalization
+    perceptual, allowed_mask, normalization
   )
   return AllocationProblem(
-      widths=widths_arr,
-      allowed=allowed_mask,
-      cost=np.where(allowed_mask, cost, 0.0),
-      budget_usage=budget_usage,
-      budget_limit=float(budget_limit),
-      w_bits=np.asarray(w_bits, np.int64),
-      a_bits=np.asarray(a_bits, np.int64),
-      width_counts=width_counts,
-      macs=macs,
-      mode=mode,
-      budget=float(budget),
-      budget_kind=budget_kind,
-      perceptual_weight=float(perceptual_weight),
-      normalization=normalization,
+    widths=widths_arr,
+    allowed=allowed_mask,
+    cost=np.where(allowed_mask, cost, 0.0),
+    budget_usage=budget_usage,
+    budget_limit=float(budget_limit),
+    w_bits=np.asarray(w_bits, np.int64),
+    a_bits=np.asarray(a_bits, np.int64),
+    width_counts=width_counts,
+    macs=macs,
+    mode=mode,
+    budget=float(budget),
+    budget_kind=budget_kind,
+    perceptual_weight=float(perceptual_weight),
+    normalization=normalization,
   )
 
 
@@ -238,8 +239,8 @@ def solve_with_cvxpy(problem: AllocationProblem) -> Allocation:
   start = time.perf_counter()
   choose = cp.Variable(problem.allowed.shape, boolean=True)
   constraints = [
-      cp.sum(choose, axis=1) == 1,
-      cp.sum(cp.multiply(problem.budget_usage, choose)) <= problem.budget_limit,
+    cp.sum(choose, axis=1) == 1,
+    cp.sum(cp.multiply(problem.budget_usage, choose)) <= problem.budget_limit,
   ]
   if not problem.allowed.all():
     constraints.append(choose[~problem.allowed] == 0)
@@ -274,7 +275,7 @@ def solve_with_highspy(problem: AllocationProblem) -> Allocation:
   lp.a_matrix_.start_ = np.arange(0, 2 * num_cols + 1, 2, dtype=np.int32)
   lp.a_matrix_.index_ = np.stack([layer, np.full(num_cols, num_layers)], 1).ravel().astype(np.int32)
   lp.a_matrix_.value_ = np.stack(
-      [np.ones(num_cols), problem.budget_usage[layer, width_index]], 1
+    [np.ones(num_cols), problem.budget_usage[layer, width_index]], 1
   ).ravel()
   lp.integrality_ = [highspy.HighsVarType.kInteger] * num_cols
   solver = highspy.Highs()
@@ -309,8 +310,13 @@ def solve_brute_force(problem: AllocationProblem) -> Allocation:
   return _allocation(problem, best_choice, "brute_force", "optimal", time.perf_counter() - start)
 
 
-def allocate_bits(errors: np.ndarray, perceptual: np.ndarray | None = None, *,
-                  solver: Literal["highspy", "cvxpy"] = "highspy", **problem_kwargs) -> Allocation:
+def allocate_bits(
+  errors: np.ndarray,
+  perceptual: np.ndarray | None = None,
+  *,
+  solver: Literal["highspy", "cvxpy"] = "highspy",
+  **problem_kwargs,
+) -> Allocation:
   """`build_problem(errors, perceptual, **problem_kwargs)` solved by `solver`."""
   solvers = {"highspy": solve_with_highspy, "cvxpy": solve_with_cvxpy}
   if solver not in solvers:
@@ -321,38 +327,38 @@ def allocate_bits(errors: np.ndarray, perceptual: np.ndarray | None = None, *,
 def allocation_meta(problem: AllocationProblem, allocation: Allocation) -> dict[str, Any]:
   """JSON-ready summary of a solved allocation, for `save_bits_map`."""
   return {
-      "mean_width": allocation.mean_width,
-      "bops": allocation.bops,
-      "objective": allocation.objective,
-      "budget": problem.budget,
-      "budget_kind": problem.budget_kind,
-      "perceptual_weight": problem.perceptual_weight,
-      "normalization": problem.normalization,
-      "mode": problem.mode,
-      "widths": problem.widths.tolist(),
-      "solver": allocation.solver,
-      "status": allocation.status,
+    "mean_width": allocation.mean_width,
+    "bops": allocation.bops,
+    "objective": allocation.objective,
+    "budget": problem.budget,
+    "budget_kind": problem.budget_kind,
+    "perceptual_weight": problem.perceptual_weight,
+    "normalization": problem.normalization,
+    "mode": problem.mode,
+    "widths": problem.widths.tolist(),
+    "solver": allocation.solver,
+    "status": allocation.status,
   }
 
 
 def allocation_to_bits_map(
-    allocation: Allocation, layer_paths: Sequence[str]
+  allocation: Allocation, layer_paths: Sequence[str]
 ) -> dict[str, tuple[int, int]]:
   """Module path → (w_bits, a_bits); `layer_paths[l]` names layer l of the program."""
   if len(layer_paths) != allocation.bits.size:
     raise ValueError(
-        f"layer_paths has {len(layer_paths)} entries, the allocation {allocation.bits.size} layers"
+      f"layer_paths has {len(layer_paths)} entries, the allocation {allocation.bits.size} layers"
     )
   if len(set(layer_paths)) != len(layer_paths):
     raise ValueError("layer_paths has duplicate entries")
   return {
-      path: (int(w), int(a))
-      for path, w, a in zip(layer_paths, allocation.w_bits, allocation.a_bits, strict=True)
+    path: (int(w), int(a))
+    for path, w, a in zip(layer_paths, allocation.w_bits, allocation.a_bits, strict=True)
   }
 
 
 def save_bits_map(
-    path: str | os.PathLike[str], bits_map: Mapping[str, tuple[int, int]], meta: Mapping[str, Any]
+  path: str | os.PathLike[str], bits_map: Mapping[str, tuple[int, int]], meta: Mapping[str, Any]
 ) -> None:
   """Writes `bits_map` and `meta` as JSON atomically (temporary file, then `os.replace`).
 
@@ -366,16 +372,16 @@ def save_bits_map(
   for key, bits in bits_map.items():
     layers[key] = list(_validate_bits_pair(key, bits))
   document = {
-      "format": _BITS_MAP_FORMAT,
-      "version": _BITS_MAP_VERSION,
-      "meta": dict(meta),
-      "layers": layers,
+    "format": _BITS_MAP_FORMAT,
+    "version": _BITS_MAP_VERSION,
+    "meta": dict(meta),
+    "layers": layers,
   }
   atomic_write_text(path, json.dumps(document, indent=1))
 
 
 def load_bits_map(
-    path: str | os.PathLike[str],
+  path: str | os.PathLike[str],
 ) -> tuple[dict[str, tuple[int, int]], dict[str, Any]]:
   """Reads a `save_bits_map` file; returns (bits_map, meta).
 
@@ -398,16 +404,16 @@ def load_bits_map(
 def _highs_options() -> dict[str, Any]:
   """HiGHS options for an exact optimum with tight feasibility."""
   return {
-      "output_flag": False,
-      "mip_rel_gap": 0.0,
-      "mip_abs_gap": 0.0,
-      "mip_feasibility_tolerance": BUDGET_TOLERANCE,
-      "primal_feasibility_tolerance": BUDGET_TOLERANCE,
+    "output_flag": False,
+    "mip_rel_gap": 0.0,
+    "mip_abs_gap": 0.0,
+    "mip_feasibility_tolerance": BUDGET_TOLERANCE,
+    "primal_feasibility_tolerance": BUDGET_TOLERANCE,
   }
 
 
 def _allocation(
-    problem: AllocationProblem, choice: np.ndarray, solver: str, status: str, seconds: float
+  problem: AllocationProblem, choice: np.ndarray, solver: str, status: str, seconds: float
 ) -> Allocation:
   """Builds the `Allocation` of `choice` [L], recomputing every figure from the tables."""
   rows = np.arange(problem.num_layers)
@@ -417,16 +423,16 @@ def _allocation(
   bits = problem.widths[choice]
   w_bits, a_bits = problem.w_bits[rows, choice], problem.a_bits[rows, choice]
   return Allocation(
-      bits=bits,
-      choice=choice,
-      w_bits=w_bits,
-      a_bits=a_bits,
-      objective=float(problem.cost[rows, choice].sum()),
-      mean_width=float(problem.width_counts @ bits / problem.width_counts.sum()),
-      bops=None if problem.macs is None else float(problem.macs @ (w_bits * a_bits)),
-      solver=solver,
-      status=str(status),
-      solve_time_s=seconds,
+    bits=bits,
+    choice=choice,
+    w_bits=w_bits,
+    a_bits=a_bits,
+    objective=float(problem.cost[rows, choice].sum()),
+    mean_width=float(problem.width_counts @ bits / problem.width_counts.sum()),
+    bops=None if problem.macs is None else float(problem.macs @ (w_bits * a_bits)),
+    solver=solver,
+    status=str(status),
+    solve_time_s=seconds,
   )
 
 
@@ -439,33 +445,38 @@ def _normalize(table: np.ndarray, allowed: np.ndarray, normalization: Normalizat
 
 
 def _allowed_mask(
-    widths: np.ndarray,
-    num_layers: int,
-    min_bits: int | np.ndarray | None,
-    max_bits: int | np.ndarray | None,
-    allowed: np.ndarray | None,
+  widths: np.ndarray,
+  num_layers: int,
+  min_bits: int | np.ndarray | None,
+  max_bits: int | np.ndarray | None,
+  allowed: np.ndarray | None,
 ) -> np.ndarray:
   """[L, K] bool: `allowed` ∧ min_bits ≤ width ≤ max_bits; every layer keeps a width."""
   mask = np.ones((num_layers, widths.size), bool)
   if allowed is not None:
     allowed = np.asarray(allowed)
     if allowed.shape != mask.shape or allowed.dtype != bool:
-      raise ValueError(f"allowed must be a bool array of shape {mask.shape}, "
-                       f"got {allowed.dtype} {allowed.shape}")
+      raise ValueError(
+        f"allowed must be a bool array of shape {mask.shape}, got {allowed.dtype} {allowed.shape}"
+      )
     mask &= allowed
-  for name, bound, keep in (("min_bits", min_bits, np.greater_equal),
-                            ("max_bits", max_bits, np.less_equal)):
+  for name, bound, keep in (
+    ("min_bits", min_bits, np.greater_equal),
+    ("max_bits", max_bits, np.less_equal),
+  ):
     if bound is None:
       continue
     bound = np.asarray(bound)
     if bound.shape not in ((), (num_layers,)) or not np.issubdtype(bound.dtype, np.integer):
-      raise ValueError(f"{name} must be an int or [{num_layers}] ints, got {bound.dtype} "
-                       f"{bound.shape}")
+      raise ValueError(
+        f"{name} must be an int or [{num_layers}] ints, got {bound.dtype} {bound.shape}"
+      )
     mask &= keep(widths[None, :], np.broadcast_to(bound, (num_layers,))[:, None])
   empty = np.flatnonzero(~mask.any(axis=1))
   if empty.size:
-    raise ValueError(f"layers {empty.tolist()} have no allowed width "
-                     "(check allowed, min_bits, max_bits)")
+    raise ValueError(
+      f"layers {empty.tolist()} have no allowed width (check allowed, min_bits, max_bits)"
+    )
   return mask
 
 
@@ -474,8 +485,9 @@ def _validate_widths(widths: Sequence[int]) -> np.ndarray:
   if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
     raise ValueError(f"widths must be a non-empty 1-D sequence of ints, got {widths!r}")
   if np.any(np.diff(arr) <= 0) or arr.min() < MIN_BITS or arr.max() > MAX_BITS:
-    raise ValueError(f"widths must be strictly increasing within {MIN_BITS}..{MAX_BITS}, "
-                     f"got {arr.tolist()}")
+    raise ValueError(
+      f"widths must be strictly increasing within {MIN_BITS}..{MAX_BITS}, got {arr.tolist()}"
+    )
   return arr.astype(np.int64)
 
 
@@ -511,6 +523,6 @@ def _validate_bits_pair(key: str, bits: Any) -> tuple[int, int]:
   if not isinstance(bits, (list, tuple)) or len(bits) != 2:
     raise ValueError(f"bits map entry {key!r} must be (w_bits, a_bits), got {bits!r}")
   return (
-      _validate_bits(f"w_bits of {key!r}", bits[0]),
-      _validate_bits(f"a_bits of {key!r}", bits[1]),
+    _validate_bits(f"w_bits of {key!r}", bits[0]),
+    _validate_bits(f"a_bits of {key!r}", bits[1]),
   )

@@ -36,11 +36,11 @@ import tqdm
 from flax import nnx
 
 from quantface_jax.alloc.program import Mode
+from quantface_jax.fileio import atomic_open
 from quantface_jax.quant import QuantBits, account, get_bits, quant_layers
 from quantface_jax.quant import rules as rules_lib
 from quantface_jax.quant.layers import QUANT_LAYERS
 from quantface_jax.quant.quantizers import PASSTHROUGH_BITS
-from quantface_jax.fileio import atomic_open
 
 _INDEX = "index.json"
 _REFERENCE = "reference.npz"
@@ -71,7 +71,9 @@ class SensitivityTable:
   sweep_time_s: float
 
 
-def layer_sizes(model: nnx.Module, paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def layer_sizes(
+  model: nnx.Module, paths: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(n_act, n_weight, macs), each [L] float64, per image at the model's resolution.
 
   Works on the FP and the quantized model alike. MACs come from `quant.account` (traced shapes);
@@ -91,8 +93,11 @@ def layer_sizes(model: nnx.Module, paths: Sequence[str]) -> tuple[np.ndarray, np
 
 
 def bit_maps(
-    model: nnx.Module, paths: Sequence[str], widths: Sequence[int], which: Mode,
-    fixed_bits: Sequence[int],
+  model: nnx.Module,
+  paths: Sequence[str],
+  widths: Sequence[int],
+  which: Mode,
+  fixed_bits: Sequence[int],
 ) -> tuple[np.ndarray, np.ndarray]:
   """The sweep's configurations as [1 + L·K, L_all] int32 (w_bits, a_bits), L_all = all layers.
 
@@ -103,9 +108,9 @@ def bit_maps(
   num = 1 + len(paths) * len(widths)
   w_bits = np.full((num, len(order)), PASSTHROUGH_BITS, np.int32)
   a_bits = np.full((num, len(order)), PASSTHROUGH_BITS, np.int32)
-  for l, (path, fixed) in enumerate(zip(paths, fixed_bits, strict=True)):
+  for i, (path, fixed) in enumerate(zip(paths, fixed_bits, strict=True)):
     for k, bits in enumerate(widths):
-      row, col = 1 + l * len(widths) + k, order[path]
+      row, col = 1 + i * len(widths) + k, order[path]
       w_bits[row, col] = bits if which in ("weights", "both") else fixed
       a_bits[row, col] = bits if which in ("activations", "both") else fixed
   return w_bits, a_bits
@@ -158,8 +163,14 @@ def ssim(x: jax.Array, y: jax.Array) -> jax.Array:
   def blur(t):
     for shape in ((11, 1), (1, 11)):
       kernel = jnp.tile(taps.reshape(*shape, 1, 1), (1, 1, 1, channels))
-      t = jax.lax.conv_general_dilated(t, kernel, (1, 1), "VALID", feature_group_count=channels,
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      t = jax.lax.conv_general_dilated(
+        t,
+        kernel,
+        (1, 1),
+        "VALID",
+        feature_group_count=channels,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      )
     return t
 
   mx, my = blur(x), blur(y)
@@ -169,18 +180,18 @@ def ssim(x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def sensitivity_sweep(
-    model: nnx.Module,
-    lq: np.ndarray,
-    *,
-    paths: Sequence[str] | None = None,
-    widths: Sequence[int] = (3, 4, 5, 6),
-    which: Mode = "activations",
-    fixed_bits: int | None = None,
-    chunk_size: int = 8,
-    batch_size: int | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    progress: bool = True,
-    on_chunk: Callable[[int], None] | None = None,
+  model: nnx.Module,
+  lq: np.ndarray,
+  *,
+  paths: Sequence[str] | None = None,
+  widths: Sequence[int] = (3, 4, 5, 6),
+  which: Mode = "activations",
+  fixed_bits: int | None = None,
+  chunk_size: int = 8,
+  batch_size: int | None = None,
+  cache_dir: str | os.PathLike[str] | None = None,
+  progress: bool = True,
+  on_chunk: Callable[[int], None] | None = None,
 ) -> SensitivityTable:
   """Measures e(l, b) and p(l, b) for `paths` × `widths` on the batch `lq`.
 
@@ -224,14 +235,20 @@ def sensitivity_sweep(
   done = cache.load_chunks(num_chunks)
   reference = cache.load_reference()
   start = time.perf_counter()
-  with tqdm.tqdm(total=num_configs, initial=min(len(done) * chunk_size, num_configs),
-                 unit="config", desc="sensitivity", disable=not progress) as bar:
+  with tqdm.tqdm(
+    total=num_configs,
+    initial=min(len(done) * chunk_size, num_configs),
+    unit="config",
+    desc="sensitivity",
+    disable=not progress,
+  ) as bar:
     for chunk in range(num_chunks):
       if chunk in done:
         continue
       rows = slice(chunk * chunk_size, (chunk + 1) * chunk_size)
-      z, image = restore_bit_maps(graphdef, bits_state, rest, lq, leaf_bits[rows],
-                                  batch_size=batch_size)
+      z, image = restore_bit_maps(
+        graphdef, bits_state, rest, lq, leaf_bits[rows], batch_size=batch_size
+      )
       if reference is None:  # Chunk 0 holds the reference, row 0.
         reference = cache.save_reference(z[0], image[0])
       e, p = scores(z, image, jnp.asarray(reference[0]), jnp.asarray(reference[1]))
@@ -244,9 +261,17 @@ def sensitivity_sweep(
   table = np.concatenate([np.stack(done[c], 1) for c in range(num_chunks)])[1:num_configs]
   table = table.reshape(len(paths), len(widths), 2)
   n_act, n_weight, macs = layer_sizes(model, paths)
-  return SensitivityTable(paths=paths, widths=widths, which=which, e=table[..., 0],
-                          p=table[..., 1], n_act=n_act, n_weight=n_weight, macs=macs,
-                          sweep_time_s=elapsed)
+  return SensitivityTable(
+    paths=paths,
+    widths=widths,
+    which=which,
+    e=table[..., 0],
+    p=table[..., 1],
+    n_act=n_act,
+    n_weight=n_weight,
+    macs=macs,
+    sweep_time_s=elapsed,
+  )
 
 
 def _fingerprint(state, lq, paths, widths, which, w_bits, chunk_size) -> str:
@@ -276,8 +301,10 @@ class _Cache:
     if index.exists():
       stored = json.loads(index.read_text())["fingerprint"]
       if stored != fingerprint:
-        raise ValueError(f"{self.directory} holds a sweep of another model, batch or settings; "
-                         "use another cache_dir")
+        raise ValueError(
+          f"{self.directory} holds a sweep of another model, batch or settings; "
+          "use another cache_dir"
+        )
     else:
       self.directory.mkdir(parents=True, exist_ok=True)
       _atomic_write(index, json.dumps({"fingerprint": fingerprint}).encode())

@@ -13,16 +13,25 @@ import json
 import pickle
 import re
 import types
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from safetensors import safe_open
 
-from quantface_jax.convert.torch_to_nnx import (ConversionError, ConversionReport, load_torch_state_dict,
-                                              to_numpy)
-from quantface_jax.models.configs import (OSDFaceConfig, VREConfig, unet_config_from_diffusers,
-                                          vae_config_from_diffusers)
+from quantface_jax.convert.torch_to_nnx import (
+  ConversionError,
+  ConversionReport,
+  load_torch_state_dict,
+  to_numpy,
+)
+from quantface_jax.models.configs import (
+  OSDFaceConfig,
+  VREConfig,
+  unet_config_from_diffusers,
+  vae_config_from_diffusers,
+)
 from quantface_jax.models.osdface import OSDFace, abstract
 
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -34,7 +43,9 @@ VRE_RENAMES = {"conv_shortcut": "nin_shortcut"}  # ours -> taming
 # Parts of associate_2.ckpt's LQ branch the VRE does not use.
 VRE_UNUSED = re.compile(r"vqvae_LQ\.(decoder|post_quant_conv)\..*")
 # Old diffusers VAE attention names (still in some hub checkpoints) -> current ones.
-_VAE_LEGACY_ATTENTION = re.compile(r"((?:en|de)coder\.mid_block\.attentions\.0)\.(query|key|value|proj_attn)\.")
+_VAE_LEGACY_ATTENTION = re.compile(
+  r"((?:en|de)coder\.mid_block\.attentions\.0)\.(query|key|value|proj_attn)\."
+)
 _VAE_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 DEFAULT_LORA_ALPHA = 16.0
 
@@ -49,6 +60,7 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     with safe_open(str(path), framework="pt" if _has_torch() else "np") as f:
       return {k: to_numpy(f.get_tensor(k)) for k in f.keys()}
   import torch  # pylint: disable=g-import-not-at-top
+
   state = torch.load(path, map_location="cpu", weights_only=True)
   return _tensor_dict(state, str(path))
 
@@ -87,10 +99,14 @@ class _Inert:
 
 
 # What a state dict of tensors legitimately names (storages are resolved by torch.load before us).
-_ALLOWED_GLOBALS = frozenset({
-    ("torch._utils", "_rebuild_tensor"), ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_parameter"), ("collections", "OrderedDict"),
-})
+_ALLOWED_GLOBALS = frozenset(
+  {
+    ("torch._utils", "_rebuild_tensor"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("collections", "OrderedDict"),
+  }
+)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -103,8 +119,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 _RESTRICTED_PICKLE = types.SimpleNamespace(
-    Unpickler=_RestrictedUnpickler, load=lambda f, **kw: _RestrictedUnpickler(f, **kw).load(),
-    __name__="quantface_restricted_pickle")
+  Unpickler=_RestrictedUnpickler,
+  load=lambda f, **kw: _RestrictedUnpickler(f, **kw).load(),
+  __name__="quantface_restricted_pickle",
+)
 
 
 def read_lightning_state_dict(path: str | Path) -> dict[str, np.ndarray]:
@@ -118,9 +136,14 @@ def read_lightning_state_dict(path: str | Path) -> dict[str, np.ndarray]:
   ignored outside ``state_dict``.
   """
   import torch  # pylint: disable=g-import-not-at-top
-  checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RESTRICTED_PICKLE)
+
+  checkpoint = torch.load(
+    path, map_location="cpu", weights_only=False, pickle_module=_RESTRICTED_PICKLE
+  )
   if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
-    raise ConversionError(f"{path}: not a Lightning checkpoint (no 'state_dict' mapping at the top)")
+    raise ConversionError(
+      f"{path}: not a Lightning checkpoint (no 'state_dict' mapping at the top)"
+    )
   return _tensor_dict(checkpoint["state_dict"], f"{path}:state_dict")
 
 
@@ -157,27 +180,43 @@ def lora_alpha_config(path: str | Path, lora_alpha: float | None) -> dict[str, A
   options = {}
   if "lora_adapter_metadata" in metadata:
     packed = json.loads(metadata["lora_adapter_metadata"])
-    options = {k[len("unet."):]: v for k, v in packed.items() if k.startswith("unet.")}
+    options = {k[len("unet.") :]: v for k, v in packed.items() if k.startswith("unet.")}
   elif (path.parent / "adapter_config.json").is_file():
     options = json.loads((path.parent / "adapter_config.json").read_text())
   if options.get("use_dora"):
     raise ConversionError(f"{path}: DoRA adapters cannot be merged as W += scale·B·A")
-  if "lora_alpha" in options and lora_alpha is not None and float(options["lora_alpha"]) != float(lora_alpha):
-    raise ConversionError(f"{path}: lora_alpha={lora_alpha} given but the file says {options['lora_alpha']}")
+  if (
+    "lora_alpha" in options
+    and lora_alpha is not None
+    and float(options["lora_alpha"]) != float(lora_alpha)
+  ):
+    raise ConversionError(
+      f"{path}: lora_alpha={lora_alpha} given but the file says {options['lora_alpha']}"
+    )
   alpha = options.get("lora_alpha", DEFAULT_LORA_ALPHA if lora_alpha is None else lora_alpha)
-  return {"lora_alpha": float(alpha), "alpha_pattern": options.get("alpha_pattern") or {},
-          "use_rslora": bool(options.get("use_rslora", False))}
+  return {
+    "lora_alpha": float(alpha),
+    "alpha_pattern": options.get("alpha_pattern") or {},
+    "use_rslora": bool(options.get("use_rslora", False)),
+  }
 
 
 def _module_alpha(module: str, options: Mapping[str, Any]) -> float:
-  for pattern, alpha in options["alpha_pattern"].items():  # peft's rule: a key matches a name suffix
+  for pattern, alpha in options[
+    "alpha_pattern"
+  ].items():  # peft's rule: a key matches a name suffix
     if re.match(rf"(.*\.)?({pattern})$", module):
       return float(alpha)
   return options["lora_alpha"]
 
 
-def merge_lora(weights: Mapping[str, np.ndarray], lora: Mapping[str, np.ndarray], options: Mapping[str, Any],
-               *, prefix: str = "unet.") -> tuple[dict[str, np.ndarray], ConversionReport]:
+def merge_lora(
+  weights: Mapping[str, np.ndarray],
+  lora: Mapping[str, np.ndarray],
+  options: Mapping[str, Any],
+  *,
+  prefix: str = "unet.",
+) -> tuple[dict[str, np.ndarray], ConversionReport]:
   """``weights`` with W += (alpha/r)·B·A merged for every peft pair ``prefix<module>.lora_{A,B}.weight``.
 
   Linear: A (r, in), B (out, r). Conv: A (r, Cin, kh, kw), B (Cout, r, 1, 1). r is A's first dim.
@@ -204,7 +243,11 @@ def merge_lora(weights: Mapping[str, np.ndarray], lora: Mapping[str, np.ndarray]
       continue
     w, a, b = weights[target], ab["A"].astype(np.float64), ab["B"].astype(np.float64)
     rank = a.shape[0]
-    if b.shape[:2] != (w.shape[0], rank) or a.shape[1:] != w.shape[1:] or any(d != 1 for d in b.shape[2:]):
+    if (
+      b.shape[:2] != (w.shape[0], rank)
+      or a.shape[1:] != w.shape[1:]
+      or any(d != 1 for d in b.shape[2:])
+    ):
       orphans.append(f"{prefix}{module}: A {a.shape} / B {b.shape} do not fit {target} {w.shape}")
       continue
     alpha = _module_alpha(module, options)
@@ -212,8 +255,12 @@ def merge_lora(weights: Mapping[str, np.ndarray], lora: Mapping[str, np.ndarray]
     delta = (b.reshape(b.shape[0], rank) @ a.reshape(rank, -1)).reshape(w.shape)
     merged[target] = (w.astype(np.float64) + scale * delta).astype(w.dtype)
   if orphans:
-    raise ConversionError(f"{len(orphans)} LoRA keys do not pair with the UNet:\n  " + "\n  ".join(orphans[:20]))
-  return merged, ConversionReport(loaded=tuple(lora), merged=tuple(f"{m}.weight" for m in sorted(modules)))
+    raise ConversionError(
+      f"{len(orphans)} LoRA keys do not pair with the UNet:\n  " + "\n  ".join(orphans[:20])
+    )
+  return merged, ConversionReport(
+    loaded=tuple(lora), merged=tuple(f"{m}.weight" for m in sorted(modules))
+  )
 
 
 # ------------------------------------------------------------------------------------------------ VRE
@@ -225,9 +272,13 @@ def _require(state_dict: Mapping[str, np.ndarray], key: str, where: str) -> tupl
   return tuple(state_dict[key].shape)
 
 
-def vre_config_from_state_dict(state_dict: Mapping[str, np.ndarray], *, resolution: int,
-                               norm_num_groups: int = 32,
-                               where: str = f"{VRE_FILE} (under {VRE_PREFIX})") -> VREConfig:
+def vre_config_from_state_dict(
+  state_dict: Mapping[str, np.ndarray],
+  *,
+  resolution: int,
+  norm_num_groups: int = 32,
+  where: str = f"{VRE_FILE} (under {VRE_PREFIX})",
+) -> VREConfig:
   """The VRE config read off tensor shapes (keys without the ``vqvae_LQ.`` prefix); what shapes
   cannot tell (GroupNorm groups, the input size the attention placement refers to) is given."""
   ch, in_channels = _require(state_dict, "encoder.conv_in.weight", where)[:2]
@@ -244,14 +295,24 @@ def vre_config_from_state_dict(state_dict: Mapping[str, np.ndarray], *, resoluti
     num_res_blocks += 1
   n_embed, embed_dim = _require(state_dict, "quantize.embedding.weight", where)
   return VREConfig(
-      in_channels=in_channels, ch=ch, ch_mult=tuple(w // ch for w in widths), num_res_blocks=num_res_blocks,
-      attn_resolutions=tuple(resolution >> i for i in range(levels)
-                             if f"encoder.down.{i}.attn.0.q.weight" in state_dict),
-      resolution=resolution, z_channels=_require(state_dict, "encoder.conv_out.weight", where)[0],
-      embed_dim=embed_dim, n_embed=n_embed, norm_num_groups=norm_num_groups)
+    in_channels=in_channels,
+    ch=ch,
+    ch_mult=tuple(w // ch for w in widths),
+    num_res_blocks=num_res_blocks,
+    attn_resolutions=tuple(
+      resolution >> i for i in range(levels) if f"encoder.down.{i}.attn.0.q.weight" in state_dict
+    ),
+    resolution=resolution,
+    z_channels=_require(state_dict, "encoder.conv_out.weight", where)[0],
+    embed_dim=embed_dim,
+    n_embed=n_embed,
+    norm_num_groups=norm_num_groups,
+  )
 
 
-def _split_vre_checkpoint(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], ConversionReport]:
+def _split_vre_checkpoint(
+  state_dict: Mapping[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], ConversionReport]:
   """(the VRE's keys, prefix stripped; a report of the skipped rest)."""
   kept, skipped = {}, []
   for key, value in state_dict.items():
@@ -260,16 +321,22 @@ def _split_vre_checkpoint(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[st
     elif VRE_UNUSED.fullmatch(key):
       skipped.append((key, "LQ decoder / post_quant_conv: the VRE uses the encoder only"))
     else:
-      kept[key[len(VRE_PREFIX):]] = value
+      kept[key[len(VRE_PREFIX) :]] = value
   return kept, ConversionReport(skipped=tuple(skipped))
 
 
 # -------------------------------------------------------------------------------------------- release
 
 
-def convert_release(sd_dir: str | Path, osdface_dir: str | Path, *, allow_unexpected: str | None = None,
-                    lora_alpha: float | None = None, resolution: int = 512,
-                    vre_norm_groups: int = 32) -> tuple[OSDFace, ConversionReport]:
+def convert_release(
+  sd_dir: str | Path,
+  osdface_dir: str | Path,
+  *,
+  allow_unexpected: str | None = None,
+  lora_alpha: float | None = None,
+  resolution: int = 512,
+  vre_norm_groups: int = 32,
+) -> tuple[OSDFace, ConversionReport]:
   """Builds an OSDFace model from the release files, LoRA merged.
 
   Args:
@@ -294,26 +361,40 @@ def convert_release(sd_dir: str | Path, osdface_dir: str | Path, *, allow_unexpe
   unet_config, unet_sd = read_diffusers_component(sd_dir / "unet")
   vae_config, vae_sd = read_diffusers_component(sd_dir / "vae")
   lora_path = osdface_dir / LORA_FILE
-  unet_sd, lora_report = merge_lora(unet_sd, read_state_dict(lora_path),
-                                    lora_alpha_config(lora_path, lora_alpha))
+  unet_sd, lora_report = merge_lora(
+    unet_sd, read_state_dict(lora_path), lora_alpha_config(lora_path, lora_alpha)
+  )
   vre_sd, vre_skipped = _split_vre_checkpoint(read_lightning_state_dict(osdface_dir / VRE_FILE))
   embedding_sd = read_state_dict(osdface_dir / EMBEDDING_CHANGE_FILE)
   hidden = _require(embedding_sd, "conv1.weight", EMBEDDING_CHANGE_FILE)[0]
 
   config = OSDFaceConfig(
-      name="osdface", resolution=resolution, unet=unet_config_from_diffusers(unet_config),
-      vae=vae_config_from_diffusers(vae_config),
-      vre=vre_config_from_state_dict(vre_sd, resolution=resolution, norm_num_groups=vre_norm_groups),
-      embedding_hidden=hidden)
+    name="osdface",
+    resolution=resolution,
+    unet=unet_config_from_diffusers(unet_config),
+    vae=vae_config_from_diffusers(vae_config),
+    vre=vre_config_from_state_dict(vre_sd, resolution=resolution, norm_num_groups=vre_norm_groups),
+    embedding_hidden=hidden,
+  )
   model = abstract(config)
-  load = lambda module, sd, **kw: load_torch_state_dict(module, sd, allow_unexpected=allow_unexpected, **kw)
+  load = lambda module, sd, **kw: load_torch_state_dict(
+    module, sd, allow_unexpected=allow_unexpected, **kw
+  )
   unet_report = load(model.unet, unet_sd)
   vae_report = load(model.vae, _modernize_vae_keys(vae_sd))
-  vre_report = load(model.vre, {VRE_PREFIX + k: v for k, v in vre_sd.items()}, prefix=VRE_PREFIX,
-                    renames=VRE_RENAMES)
+  vre_report = load(
+    model.vre,
+    {VRE_PREFIX + k: v for k, v in vre_sd.items()},
+    prefix=VRE_PREFIX,
+    renames=VRE_RENAMES,
+  )
   embedding_report = load(model.embedding_change, embedding_sd)
   report = ConversionReport.combine(
-      unet_report.prefixed("unet:"), lora_report.prefixed(f"{LORA_FILE}:"), vae_report.prefixed("vae:"),
-      vre_report.prefixed(f"{VRE_FILE}:"), vre_skipped.prefixed(f"{VRE_FILE}:"),
-      embedding_report.prefixed(f"{EMBEDDING_CHANGE_FILE}:"))
+    unet_report.prefixed("unet:"),
+    lora_report.prefixed(f"{LORA_FILE}:"),
+    vae_report.prefixed("vae:"),
+    vre_report.prefixed(f"{VRE_FILE}:"),
+    vre_skipped.prefixed(f"{VRE_FILE}:"),
+    embedding_report.prefixed(f"{EMBEDDING_CHANGE_FILE}:"),
+  )
   return model, report

@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -36,21 +37,32 @@ class ConversionReport:
   def counts(self) -> dict[str, int]:
     return {"loaded": len(self.loaded), "skipped": len(self.skipped), "merged": len(self.merged)}
 
-  def prefixed(self, prefix: str) -> "ConversionReport":
+  def prefixed(self, prefix: str) -> ConversionReport:
     """The same report with ``prefix`` before every key (to combine the reports of several sources)."""
-    return ConversionReport(loaded=tuple(prefix + k for k in self.loaded),
-                            skipped=tuple((prefix + k, why) for k, why in self.skipped),
-                            merged=tuple(prefix + k for k in self.merged))
+    return ConversionReport(
+      loaded=tuple(prefix + k for k in self.loaded),
+      skipped=tuple((prefix + k, why) for k, why in self.skipped),
+      merged=tuple(prefix + k for k in self.merged),
+    )
 
   @classmethod
-  def combine(cls, *reports: "ConversionReport") -> "ConversionReport":
-    return cls(loaded=sum((r.loaded for r in reports), ()), skipped=sum((r.skipped for r in reports), ()),
-               merged=sum((r.merged for r in reports), ()))
+  def combine(cls, *reports: ConversionReport) -> ConversionReport:
+    return cls(
+      loaded=sum((r.loaded for r in reports), ()),
+      skipped=sum((r.skipped for r in reports), ()),
+      merged=sum((r.merged for r in reports), ()),
+    )
 
   def to_json(self) -> str:
-    return json.dumps({"counts": self.counts, "loaded": list(self.loaded),
-                       "skipped": [{"key": k, "reason": why} for k, why in self.skipped],
-                       "merged": list(self.merged)}, indent=2)
+    return json.dumps(
+      {
+        "counts": self.counts,
+        "loaded": list(self.loaded),
+        "skipped": [{"key": k, "reason": why} for k, why in self.skipped],
+        "merged": list(self.merged),
+      },
+      indent=2,
+    )
 
 
 class ConversionError(ValueError):
@@ -82,8 +94,9 @@ def _torch_layout(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
   return shape
 
 
-def param_specs(model: nnx.Module, *, prefix: str = "",
-                renames: Mapping[str, str] | None = None) -> dict[str, ParamSpec]:
+def param_specs(
+  model: nnx.Module, *, prefix: str = "", renames: Mapping[str, str] | None = None
+) -> dict[str, ParamSpec]:
   """torch key -> ParamSpec for every ``nnx.Param`` of ``model`` (works on abstract models)."""
   renames = renames or {}
   specs = {}
@@ -97,8 +110,9 @@ def param_specs(model: nnx.Module, *, prefix: str = "",
     modules = [renames.get(p, p) for p in path[:-1]]
     shape = tuple(variable.get_value().shape)
     key = prefix + ".".join(modules + [LEAF_NAMES[leaf]])
-    specs[key] = ParamSpec(path=path, variable=variable, shape=shape,
-                           torch_shape=_torch_layout(leaf, shape))
+    specs[key] = ParamSpec(
+      path=path, variable=variable, shape=shape, torch_shape=_torch_layout(leaf, shape)
+    )
   return specs
 
 
@@ -132,9 +146,14 @@ def _listing(title: str, lines: list[str]) -> str:
   return f"{len(lines)} {title}:\n  {shown}{more}"
 
 
-def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any], *, prefix: str = "",
-                          renames: Mapping[str, str] | None = None,
-                          allow_unexpected: str | None = None) -> ConversionReport:
+def load_torch_state_dict(
+  model: nnx.Module,
+  state_dict: Mapping[str, Any],
+  *,
+  prefix: str = "",
+  renames: Mapping[str, str] | None = None,
+  allow_unexpected: str | None = None,
+) -> ConversionReport:
   """Sets every parameter of ``model`` in place from a torch ``state_dict``.
 
   Args:
@@ -153,7 +172,9 @@ def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any], *, p
   """
   specs = param_specs(model, prefix=prefix, renames=renames)
   allow = re.compile(allow_unexpected) if allow_unexpected else None
-  missing = [f"{k} (expected torch shape {s.torch_shape})" for k, s in specs.items() if k not in state_dict]
+  missing = [
+    f"{k} (expected torch shape {s.torch_shape})" for k, s in specs.items() if k not in state_dict
+  ]
   unexpected, skipped = [], []
   for key in state_dict:
     if key in specs:
@@ -163,23 +184,40 @@ def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any], *, p
     else:
       unexpected.append(f"{key} {np.shape(state_dict[key])}")
   shapes = {k: np.shape(state_dict[k]) for k in specs if k in state_dict}
-  misshaped = [f"{k}: expected torch shape {specs[k].torch_shape} (ours {specs[k].shape}), got {s}"
-               for k, s in shapes.items() if not _shape_ok(specs[k], s)]
-  problems = [_listing(title, lines) for title, lines in
-              (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped))
-              if lines]
+  misshaped = [
+    f"{k}: expected torch shape {specs[k].torch_shape} (ours {specs[k].shape}), got {s}"
+    for k, s in shapes.items()
+    if not _shape_ok(specs[k], s)
+  ]
+  problems = [
+    _listing(title, lines)
+    for title, lines in (
+      ("missing keys", missing),
+      ("unexpected keys", unexpected),
+      ("mis-shaped keys", misshaped),
+    )
+    if lines
+  ]
   if problems:
-    hint = "" if not unexpected else "\n(pass allow_unexpected=REGEX to skip unexpected keys on purpose)"
-    raise ConversionError(f"state dict does not match {type(model).__name__}:\n"
-                          + "\n".join(problems) + hint)
+    hint = (
+      "" if not unexpected else "\n(pass allow_unexpected=REGEX to skip unexpected keys on purpose)"
+    )
+    raise ConversionError(
+      f"state dict does not match {type(model).__name__}:\n" + "\n".join(problems) + hint
+    )
   for key, spec in specs.items():
     value = _from_torch_layout(spec, to_numpy(state_dict[key]))
     spec.variable.set_value(jnp.asarray(value, dtype=spec.variable.get_value().dtype))
   return ConversionReport(loaded=tuple(specs), skipped=tuple(skipped))
 
 
-def nnx_to_torch_state_dict(model: nnx.Module, *, prefix: str = "", renames: Mapping[str, str] | None = None,
-                            like: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+def nnx_to_torch_state_dict(
+  model: nnx.Module,
+  *,
+  prefix: str = "",
+  renames: Mapping[str, str] | None = None,
+  like: Mapping[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
   """The inverse: torch key -> numpy array in torch layout.
 
   ``like`` (a torch state dict or key -> shape-carrying object) gives the exact torch shape where it
@@ -202,17 +240,22 @@ def nnx_to_torch_state_dict(model: nnx.Module, *, prefix: str = "", renames: Map
   return out
 
 
-def torch_shapes(model: nnx.Module, *, prefix: str = "",
-                 renames: Mapping[str, str] | None = None) -> dict[str, tuple[int, ...]]:
+def torch_shapes(
+  model: nnx.Module, *, prefix: str = "", renames: Mapping[str, str] | None = None
+) -> dict[str, tuple[int, ...]]:
   """torch key -> canonical torch shape, without touching values (for key coverage checks)."""
   return {k: s.torch_shape for k, s in param_specs(model, prefix=prefix, renames=renames).items()}
 
 
-def key_mismatch(ours: Mapping[str, tuple[int, ...]], theirs: Mapping[str, tuple[int, ...]]) -> list[str]:
+def key_mismatch(
+  ours: Mapping[str, tuple[int, ...]], theirs: Mapping[str, tuple[int, ...]]
+) -> list[str]:
   """Human-readable differences between two key -> shape maps (empty when they agree)."""
   lines = [f"only ours: {k} {ours[k]}" for k in sorted(set(ours) - set(theirs))]
   lines += [f"only theirs: {k} {theirs[k]}" for k in sorted(set(theirs) - set(ours))]
-  lines += [f"shape: {k} ours {ours[k]} theirs {theirs[k]}"
-            for k in sorted(set(ours) & set(theirs)) if tuple(ours[k]) != tuple(theirs[k])]
+  lines += [
+    f"shape: {k} ours {ours[k]} theirs {theirs[k]}"
+    for k in sorted(set(ours) & set(theirs))
+    if tuple(ours[k]) != tuple(theirs[k])
+  ]
   return lines
-

@@ -14,14 +14,15 @@ import math
 import multiprocessing
 import os
 import pathlib
-from typing import Any, Iterator, Protocol, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
-# `quantface_jax.data.degrade` is the re-exported function, so import names from the module.
-from quantface_jax.data.degrade import degrade
-from quantface_jax.data.degrade import DegradationConfig
 from quantface_jax.data import io as image_io
+
+# `quantface_jax.data.degrade` is the re-exported function, so import names from the module.
+from quantface_jax.data.degrade import DegradationConfig, degrade
 from quantface_jax.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -47,8 +48,16 @@ class HQFolderDataset:
   stream of its own so the degradations stay those of `hflip=False`.
   """
 
-  def __init__(self, root: os.PathLike | str, size: int, *, indices: Sequence[int] | None = None,
-               degradation: DegradationConfig = DegradationConfig(), seed: int = 0, hflip: bool = False):
+  def __init__(
+    self,
+    root: os.PathLike | str,
+    size: int,
+    *,
+    indices: Sequence[int] | None = None,
+    degradation: DegradationConfig = DegradationConfig(),
+    seed: int = 0,
+    hflip: bool = False,
+  ):
     """Args: root folder; size: square side (px) images are read at; indices: file numbers in the
     naturally sorted folder (all when None); degradation: LQ recipe; seed: base seed of the LQs;
     hflip: mirror augmentation (training sets only)."""
@@ -56,7 +65,7 @@ class HQFolderDataset:
     self.file_numbers = list(range(len(files))) if indices is None else [int(i) for i in indices]
     bad = [i for i in self.file_numbers if not 0 <= i < len(files)]
     if bad:
-      raise IndexError(f'{root}: indices {bad[:5]} out of range for {len(files)} images')
+      raise IndexError(f"{root}: indices {bad[:5]} out of range for {len(files)} images")
     self.files = [files[i] for i in self.file_numbers]
     self.size = size
     self.degradation = degradation
@@ -101,7 +110,9 @@ def _collate(items: list[tuple[Any, ...]]) -> tuple[Any, ...]:
   """Stacks array fields to (B, ...) float32; other fields (names) become lists."""
   fields = []
   for values in zip(*items):
-    fields.append(np.stack(values).astype(np.float32) if isinstance(values[0], np.ndarray) else list(values))
+    fields.append(
+      np.stack(values).astype(np.float32) if isinstance(values[0], np.ndarray) else list(values)
+    )
   return tuple(fields)
 
 
@@ -109,7 +120,7 @@ def _load_or_none(dataset: Dataset, index: int, epoch: int):
   try:
     return dataset.load(index, epoch)
   except image_io.ImageError as e:
-    logger.warning('skipping unreadable image %s: %s', e.path, e.reason)
+    logger.warning("skipping unreadable image %s: %s", e.path, e.reason)
     return None
 
 
@@ -129,9 +140,19 @@ def _load_chunk_in_worker(indices: list[int], epoch: int) -> list:
   return _load_chunk(_worker_dataset, indices, epoch)
 
 
-def iterate_batches(dataset: Dataset, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                    start_step: int = 0, num_epochs: int | None = None, drop_remainder: bool = True,
-                    workers: int = 4, prefetch: int = 2, processes: bool = False) -> Iterator[tuple[Any, ...]]:
+def iterate_batches(
+  dataset: Dataset,
+  batch_size: int,
+  *,
+  shuffle: bool = True,
+  seed: int = 0,
+  start_step: int = 0,
+  num_epochs: int | None = None,
+  drop_remainder: bool = True,
+  workers: int = 4,
+  prefetch: int = 2,
+  processes: bool = False,
+) -> Iterator[tuple[Any, ...]]:
   """Batches of `dataset.load(index, epoch)` items, resumable at any step.
 
   Step s is batch s mod B of epoch s // B (B batches per epoch); epoch e visits the items in the
@@ -165,7 +186,7 @@ def iterate_batches(dataset: Dataset, batch_size: int, *, shuffle: bool = True, 
   n = len(dataset)
   per_epoch = n // batch_size if drop_remainder else math.ceil(n / batch_size)
   if per_epoch == 0:
-    raise ValueError(f'{n} items make no batch of {batch_size} with drop_remainder')
+    raise ValueError(f"{n} items make no batch of {batch_size} with drop_remainder")
   total = None if num_epochs is None else num_epochs * per_epoch
 
   def plans():
@@ -175,16 +196,24 @@ def iterate_batches(dataset: Dataset, batch_size: int, *, shuffle: bool = True, 
       if epoch != order_epoch:
         order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
         order_epoch = epoch
-      yield epoch, order[batch * batch_size:(batch + 1) * batch_size]
+      yield epoch, order[batch * batch_size : (batch + 1) * batch_size]
       step += 1
 
   workers = max(1, workers)
   if processes:
-    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'),
-                                                  initializer=_set_worker_dataset, initargs=(dataset,))
+    pool = concurrent.futures.ProcessPoolExecutor(
+      workers,
+      mp_context=multiprocessing.get_context("spawn"),
+      initializer=_set_worker_dataset,
+      initargs=(dataset,),
+    )
     load, chunk = _load_chunk_in_worker, max(1, math.ceil(batch_size / workers))
   else:
-    pool, load, chunk = concurrent.futures.ThreadPoolExecutor(workers), functools.partial(_load_chunk, dataset), 1
+    pool, load, chunk = (
+      concurrent.futures.ThreadPoolExecutor(workers),
+      functools.partial(_load_chunk, dataset),
+      1,
+    )
   with pool:
     pending = collections.deque()
     plan_iter = plans()
@@ -196,7 +225,12 @@ def iterate_batches(dataset: Dataset, batch_size: int, *, shuffle: bool = True, 
             break
           epoch, indices = plan
           indices = [int(i) for i in indices]
-          pending.append([pool.submit(load, indices[c:c + chunk], epoch) for c in range(0, len(indices), chunk)])
+          pending.append(
+            [
+              pool.submit(load, indices[c : c + chunk], epoch)
+              for c in range(0, len(indices), chunk)
+            ]
+          )
         if not pending:
           return
         items = [item for f in pending.popleft() for item in f.result() if item is not None]
@@ -208,10 +242,16 @@ def iterate_batches(dataset: Dataset, batch_size: int, *, shuffle: bool = True, 
           future.cancel()
 
 
-def make_eval_set(hq_dir: os.PathLike | str, indices: Sequence[int], size: int, seed: int,
-                  out_dir: os.PathLike | str, *,
-                  degradation: DegradationConfig = DegradationConfig(),
-                  workers: int = 4) -> pathlib.Path:
+def make_eval_set(
+  hq_dir: os.PathLike | str,
+  indices: Sequence[int],
+  size: int,
+  seed: int,
+  out_dir: os.PathLike | str,
+  *,
+  degradation: DegradationConfig = DegradationConfig(),
+  workers: int = 4,
+) -> pathlib.Path:
   """Writes a fixed (LQ, HQ) evaluation set: `out_dir/{lq,hq}/<stem>.png` + `manifest.json`.
 
   LQ images equal `HQFolderDataset(hq_dir, size, indices=indices, degradation=..., seed=seed)`'s
@@ -221,32 +261,43 @@ def make_eval_set(hq_dir: os.PathLike | str, indices: Sequence[int], size: int, 
   """
   out_dir = pathlib.Path(out_dir)
   dataset = HQFolderDataset(hq_dir, size, indices=indices, degradation=degradation, seed=seed)
-  settings = {'hq_dir': str(pathlib.Path(hq_dir).resolve()), 'indices': dataset.file_numbers, 'size': size,
-              'seed': seed, 'degradation': dataclasses.asdict(degradation)}
+  settings = {
+    "hq_dir": str(pathlib.Path(hq_dir).resolve()),
+    "indices": dataset.file_numbers,
+    "size": size,
+    "seed": seed,
+    "degradation": dataclasses.asdict(degradation),
+  }
   manifest = json.loads(json.dumps(settings))  # tuples -> lists, as stored.
-  manifest_path = out_dir / 'manifest.json'
+  manifest_path = out_dir / "manifest.json"
   if manifest_path.exists():
     stored = json.loads(manifest_path.read_text())
-    if {k: v for k, v in stored.items() if k != 'files'} != manifest:
-      raise ValueError(f'{manifest_path}: an eval set with other settings is already there')
+    if {k: v for k, v in stored.items() if k != "files"} != manifest:
+      raise ValueError(f"{manifest_path}: an eval set with other settings is already there")
 
   def write_item(index: int) -> str:
     stem = dataset.files[index].stem
-    lq_path, hq_path = out_dir / 'lq' / f'{stem}.png', out_dir / 'hq' / f'{stem}.png'
+    lq_path, hq_path = out_dir / "lq" / f"{stem}.png", out_dir / "hq" / f"{stem}.png"
     if not (lq_path.exists() and hq_path.exists()):
       lq, hq = dataset.load(index, epoch=0)
       image_io.write_image(hq_path, hq)
       image_io.write_image(lq_path, lq)
-    return f'{stem}.png'
+    return f"{stem}.png"
 
   with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-    manifest['files'] = list(pool.map(write_item, range(len(dataset))))
+    manifest["files"] = list(pool.map(write_item, range(len(dataset))))
   atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
   return out_dir
 
 
-def pack_faces(src_dir: os.PathLike | str, out_dir: os.PathLike | str, size: int, *, quality: int = 95,
-               workers: int = 4) -> list[pathlib.Path]:
+def pack_faces(
+  src_dir: os.PathLike | str,
+  out_dir: os.PathLike | str,
+  size: int,
+  *,
+  quality: int = 95,
+  workers: int = 4,
+) -> list[pathlib.Path]:
   """Resized JPEG copy of a face folder (`out_dir/<stem>.jpg`, size x size), e.g. to ship to a GPU box.
 
   Idempotent (existing outputs are kept); unreadable files are logged and skipped.
@@ -255,12 +306,12 @@ def pack_faces(src_dir: os.PathLike | str, out_dir: os.PathLike | str, size: int
   out_dir = pathlib.Path(out_dir)
 
   def pack(src: pathlib.Path) -> pathlib.Path | None:
-    dst = out_dir / f'{src.stem}.jpg'
+    dst = out_dir / f"{src.stem}.jpg"
     if not dst.exists():
       try:
         image_io.write_image(dst, image_io.read_image(src, size), quality=quality)
       except image_io.ImageError as e:
-        logger.warning('skipping unreadable image %s: %s', e.path, e.reason)
+        logger.warning("skipping unreadable image %s: %s", e.path, e.reason)
         return None
     return dst
 

@@ -11,7 +11,7 @@ import concurrent.futures
 import dataclasses
 import io
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.fft
@@ -56,7 +56,9 @@ def gaussian_kernel(size: int, sigma_x: float, sigma_y: float, angle: float) -> 
   return (kernel / kernel.sum()).astype(np.float32)
 
 
-def sample_degradation(rng: np.random.Generator, cfg: DegradationConfig, resolution: int) -> DegradationParams:
+def sample_degradation(
+  rng: np.random.Generator, cfg: DegradationConfig, resolution: int
+) -> DegradationParams:
   """Draws one degradation for a `resolution`-px image (always the same number of draws)."""
   scale = resolution / cfg.reference_resolution
   size = max(3, 2 * round((cfg.blur_kernel_size * scale - 1) / 2) + 1)
@@ -66,12 +68,13 @@ def sample_degradation(rng: np.random.Generator, cfg: DegradationConfig, resolut
   if not anisotropic:
     sigmas, angle = np.full(2, sigmas[0]), 0.0
   return DegradationParams(
-      kernel=gaussian_kernel(size, sigmas[0], sigmas[1], angle),
-      sigma_xy=(float(sigmas[0]), float(sigmas[1])),
-      angle=float(angle),
-      downsample=float(rng.uniform(*cfg.downsample)),
-      noise_sigma=float(rng.uniform(*cfg.noise_sigma)),
-      jpeg_quality=int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1)))
+    kernel=gaussian_kernel(size, sigmas[0], sigmas[1], angle),
+    sigma_xy=(float(sigmas[0]), float(sigmas[1])),
+    angle=float(angle),
+    downsample=float(rng.uniform(*cfg.downsample)),
+    noise_sigma=float(rng.uniform(*cfg.noise_sigma)),
+    jpeg_quality=int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1)),
+  )
 
 
 def blur(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -82,36 +85,44 @@ def blur(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
   """
   size = kernel.shape[0]
   radius = size // 2
-  padded = np.pad(np.moveaxis(img, -1, 0), ((0, 0), (radius, radius), (radius, radius)), mode='reflect')
+  padded = np.pad(
+    np.moveaxis(img, -1, 0), ((0, 0), (radius, radius), (radius, radius)), mode="reflect"
+  )
   shape = tuple(scipy.fft.next_fast_len(n, real=True) for n in padded.shape[1:])
   spectrum = scipy.fft.rfft2(padded, shape) * scipy.fft.rfft2(kernel.astype(np.float32), shape)
-  out = scipy.fft.irfft2(spectrum, shape)[:, size - 1:padded.shape[1], size - 1:padded.shape[2]]
+  out = scipy.fft.irfft2(spectrum, shape)[:, size - 1 : padded.shape[1], size - 1 : padded.shape[2]]
   return np.ascontiguousarray(np.moveaxis(out, 0, -1), dtype=np.float32)
 
 
 def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
   """JPEG round trip (4:2:0, PIL/libjpeg) of float (H, W, 3) in [0, 1]."""
   buffer = io.BytesIO()
-  Image.fromarray(image_io.to_uint8(img)).save(buffer, format='JPEG', quality=quality)
+  Image.fromarray(image_io.to_uint8(img)).save(buffer, format="JPEG", quality=quality)
   buffer.seek(0)
   with Image.open(buffer) as decoded:
-    return np.asarray(decoded.convert('RGB'), dtype=np.float32) / 255.0
+    return np.asarray(decoded.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def apply_degradation(img: np.ndarray, params: DegradationParams, noise_rng: np.random.Generator) -> np.ndarray:
+def apply_degradation(
+  img: np.ndarray, params: DegradationParams, noise_rng: np.random.Generator
+) -> np.ndarray:
   """Applies `params` to float32 (H, W, 3) in [0, 1]; returns the same shape and dtype."""
   height, width = img.shape[:2]
   out = blur(img, params.kernel)
   small_h = max(1, round(height / params.downsample))
   small_w = max(1, round(width / params.downsample))
   out = image_io.resize(out, small_h, small_w, Image.Resampling.BILINEAR)
-  out = out + noise_rng.standard_normal(out.shape, dtype=np.float32) * np.float32(params.noise_sigma / 255.0)
+  out = out + noise_rng.standard_normal(out.shape, dtype=np.float32) * np.float32(
+    params.noise_sigma / 255.0
+  )
   out = jpeg(out, params.jpeg_quality)
   out = image_io.resize(out, height, width, Image.Resampling.BILINEAR)
   return np.clip(out, 0.0, 1.0)
 
 
-def degrade(img: np.ndarray, rng: np.random.Generator, cfg: DegradationConfig = DegradationConfig()) -> np.ndarray:
+def degrade(
+  img: np.ndarray, rng: np.random.Generator, cfg: DegradationConfig = DegradationConfig()
+) -> np.ndarray:
   """Random degradation of float32 (H, W, 3) in [0, 1]; deterministic given `rng`'s state.
 
   The blur/downsample/noise/JPEG parameters are drawn for resolution min(H, W).
@@ -120,8 +131,13 @@ def degrade(img: np.ndarray, rng: np.random.Generator, cfg: DegradationConfig = 
   return apply_degradation(np.asarray(img, np.float32), params, rng)
 
 
-def degrade_batch(imgs: np.ndarray | Sequence[np.ndarray], seeds: Sequence[int],
-                  cfg: DegradationConfig = DegradationConfig(), *, workers: int = 4) -> np.ndarray:
+def degrade_batch(
+  imgs: np.ndarray | Sequence[np.ndarray],
+  seeds: Sequence[int],
+  cfg: DegradationConfig = DegradationConfig(),
+  *,
+  workers: int = 4,
+) -> np.ndarray:
   """Degrades each image with `np.random.default_rng(seed)`, on a thread pool.
 
   Args:
@@ -133,7 +149,7 @@ def degrade_batch(imgs: np.ndarray | Sequence[np.ndarray], seeds: Sequence[int],
     (N, H, W, 3) float32 in [0, 1].
   """
   if len(imgs) != len(seeds):
-    raise ValueError(f'{len(imgs)} images but {len(seeds)} seeds')
+    raise ValueError(f"{len(imgs)} images but {len(seeds)} seeds")
   run = lambda img, seed: degrade(img, np.random.default_rng(seed), cfg)
   with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
     return np.stack(list(pool.map(run, imgs, seeds)))

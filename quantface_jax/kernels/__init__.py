@@ -1,16 +1,35 @@
 """Integer kernels (leaves: arrays in, arrays out): packing, int GEMMs/convs, fused act quantize."""
 
 from quantface_jax.kernels.dispatch import int_conv2d, int_matmul, quantize_act
-from quantface_jax.kernels.int_matmul import (GemmBlocks, MosaicBlocks, int_conv2d_implicit,
-                                              int_conv2d_xla, int_matmul_mosaic,
-                                              int_matmul_pallas, int_matmul_xla)
-from quantface_jax.kernels.packing import (pack_int4, pack_weight, unpack_int4,
-                                           unpack_weight)
+from quantface_jax.kernels.int_matmul import (
+  GemmBlocks,
+  MosaicBlocks,
+  int_conv2d_implicit,
+  int_conv2d_xla,
+  int_matmul_mosaic,
+  int_matmul_pallas,
+  int_matmul_xla,
+)
+from quantface_jax.kernels.packing import pack_int4, pack_weight, unpack_int4, unpack_weight
 from quantface_jax.kernels.quantize_act import quantize_act_pallas, quantize_act_xla
 from quantface_jax.kernels.reference import group_norm_prologue
 
 __all__ = [
-    "GemmBlocks", "MosaicBlocks", "group_norm_prologue", "int_conv2d", "int_conv2d_implicit", "int_conv2d_xla", "int_matmul",
-    "int_matmul_mosaic", "int_matmul_pallas", "int_matmul_xla", "pack_int4", "pack_weight",
-    "quantize_act", "quantize_act_pallas", "quantize_act_xla", "unpack_int4", "unpack_weight",
+  "GemmBlocks",
+  "MosaicBlocks",
+  "group_norm_prologue",
+  "int_conv2d",
+  "int_conv2d_implicit",
+  "int_conv2d_xla",
+  "int_matmul",
+  "int_matmul_mosaic",
+  "int_matmul_pallas",
+  "int_matmul_xla",
+  "pack_int4",
+  "pack_weight",
+  "quantize_act",
+  "quantize_act_pallas",
+  "quantize_act_xla",
+  "unpack_int4",
+  "unpack_weight",
 ]

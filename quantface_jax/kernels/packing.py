@@ -22,54 +22,54 @@ INT4_MIN, INT4_MAX = -8, 7
 
 
 def pack_int4(codes: jnp.ndarray) -> jnp.ndarray:
-    """int8 ``[..., K]`` codes in [-8, 7] -> uint8 ``[..., ceil(K/2)]`` (even k in the low nibble)."""
-    codes = jnp.asarray(codes)
-    if codes.dtype != jnp.int8:
-        raise TypeError(f"pack_int4 expects int8 codes, got {codes.dtype}")
-    k = codes.shape[-1]
-    if k % 2:
-        codes = jnp.pad(codes, [(0, 0)] * (codes.ndim - 1) + [(0, 1)])
-    nibbles = lax.bitcast_convert_type(codes, jnp.uint8) & 0x0F
-    pairs = nibbles.reshape(*codes.shape[:-1], -1, 2)
-    return pairs[..., 0] | (pairs[..., 1] << 4)
+  """int8 ``[..., K]`` codes in [-8, 7] -> uint8 ``[..., ceil(K/2)]`` (even k in the low nibble)."""
+  codes = jnp.asarray(codes)
+  if codes.dtype != jnp.int8:
+    raise TypeError(f"pack_int4 expects int8 codes, got {codes.dtype}")
+  k = codes.shape[-1]
+  if k % 2:
+    codes = jnp.pad(codes, [(0, 0)] * (codes.ndim - 1) + [(0, 1)])
+  nibbles = lax.bitcast_convert_type(codes, jnp.uint8) & 0x0F
+  pairs = nibbles.reshape(*codes.shape[:-1], -1, 2)
+  return pairs[..., 0] | (pairs[..., 1] << 4)
 
 
 def unpack_int4(packed: jnp.ndarray, k: int | None = None) -> jnp.ndarray:
-    """uint8 ``[..., P]`` -> int8 ``[..., k]`` codes in [-8, 7] (``k`` defaults to ``2P``)."""
-    packed = jnp.asarray(packed)
-    if packed.dtype != jnp.uint8:
-        raise TypeError(f"unpack_int4 expects uint8, got {packed.dtype}")
-    low, high = unpack_int4_halves(packed)
-    codes = jnp.stack([low, high], axis=-1).reshape(*packed.shape[:-1], -1)
-    return codes if k is None else codes[..., :k]
+  """uint8 ``[..., P]`` -> int8 ``[..., k]`` codes in [-8, 7] (``k`` defaults to ``2P``)."""
+  packed = jnp.asarray(packed)
+  if packed.dtype != jnp.uint8:
+    raise TypeError(f"unpack_int4 expects uint8, got {packed.dtype}")
+  low, high = unpack_int4_halves(packed)
+  codes = jnp.stack([low, high], axis=-1).reshape(*packed.shape[:-1], -1)
+  return codes if k is None else codes[..., :k]
 
 
 def unpack_int4_halves(packed: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """uint8 ``[..., P]`` -> (even-k codes, odd-k codes), each int8 ``[..., P]``, sign-extended.
+  """uint8 ``[..., P]`` -> (even-k codes, odd-k codes), each int8 ``[..., P]``, sign-extended.
 
-    Two shifts per nibble (arithmetic right shift of an int8 sign-extends); used inside kernels.
-    """
-    signed = lax.bitcast_convert_type(packed, jnp.int8)
-    low = lax.shift_right_arithmetic(lax.shift_left(signed, jnp.int8(4)), jnp.int8(4))
-    high = lax.shift_right_arithmetic(signed, jnp.int8(4))
-    return low, high
+  Two shifts per nibble (arithmetic right shift of an int8 sign-extends); used inside kernels.
+  """
+  signed = lax.bitcast_convert_type(packed, jnp.int8)
+  low = lax.shift_right_arithmetic(lax.shift_left(signed, jnp.int8(4)), jnp.int8(4))
+  high = lax.shift_right_arithmetic(signed, jnp.int8(4))
+  return low, high
 
 
 def pack_weight(codes_kn: jnp.ndarray, bits: int) -> jnp.ndarray:
-    """Logical weight codes int8 ``[K, N]`` -> the GEMM storage format above.
+  """Logical weight codes int8 ``[K, N]`` -> the GEMM storage format above.
 
-    ``bits <= 4``: uint8 ``[N, ceil(K/2)]``; ``4 < bits <= 8``: int8 ``[N, K]``.
-    """
-    w_t = jnp.asarray(codes_kn).T
-    if bits <= 4:
-        return pack_int4(w_t)
-    if bits <= 8:
-        return w_t.astype(jnp.int8)
-    raise ValueError(f"bits must be in [2, 8], got {bits}")
+  ``bits <= 4``: uint8 ``[N, ceil(K/2)]``; ``4 < bits <= 8``: int8 ``[N, K]``.
+  """
+  w_t = jnp.asarray(codes_kn).T
+  if bits <= 4:
+    return pack_int4(w_t)
+  if bits <= 8:
+    return w_t.astype(jnp.int8)
+  raise ValueError(f"bits must be in [2, 8], got {bits}")
 
 
 def unpack_weight(w_stored: jnp.ndarray, k: int) -> jnp.ndarray:
-    """GEMM storage (int8 ``[N, K]`` or packed uint8 ``[N, ceil(K/2)]``) -> int8 ``[N, K]``."""
-    if w_stored.dtype == jnp.uint8:
-        return unpack_int4(w_stored, k)
-    return w_stored
+  """GEMM storage (int8 ``[N, K]`` or packed uint8 ``[N, ceil(K/2)]``) -> int8 ``[N, K]``."""
+  if w_stored.dtype == jnp.uint8:
+    return unpack_int4(w_stored, k)
+  return w_stored

@@ -4,19 +4,22 @@
 `quantface_jax.metrics.faces` explicitly).
 """
 
-from quantface_jax.metrics.color import rgb_to_y
-from quantface_jax.metrics.color import to_255
+from quantface_jax.metrics.color import rgb_to_y, to_255
 from quantface_jax.metrics.evaluate import compute_metrics
-from quantface_jax.metrics.fidelity import fidelity_psnr
-from quantface_jax.metrics.fidelity import psnr
-from quantface_jax.metrics.fidelity import ssim
+from quantface_jax.metrics.fidelity import fidelity_psnr, psnr, ssim
 from quantface_jax.metrics.matlab_resize import imresize
-from quantface_jax.metrics.niqe_metric import niqe
-from quantface_jax.metrics.niqe_metric import niqe_any_size
-from quantface_jax.metrics.niqe_metric import PristineModel
-from quantface_jax.metrics.niqe_metric import pristine_model
+from quantface_jax.metrics.niqe_metric import PristineModel, niqe, niqe_any_size, pristine_model
 
 __all__ = [
-    'PristineModel', 'compute_metrics', 'fidelity_psnr', 'imresize', 'niqe', 'niqe_any_size',
-    'pristine_model', 'psnr', 'rgb_to_y', 'ssim', 'to_255',
+  "PristineModel",
+  "compute_metrics",
+  "fidelity_psnr",
+  "imresize",
+  "niqe",
+  "niqe_any_size",
+  "pristine_model",
+  "psnr",
+  "rgb_to_y",
+  "ssim",
+  "to_255",
 ]

@@ -23,7 +23,7 @@ def to_255(img: np.ndarray, data_range: float | None = None) -> np.ndarray:
   return img.astype(np.float64) * scale
 
 
-def rgb_to_y(img_255: np.ndarray, color_space: str = 'ycbcr') -> np.ndarray:
+def rgb_to_y(img_255: np.ndarray, color_space: str = "ycbcr") -> np.ndarray:
   """Luma of an RGB image in [0, 255].
 
   Args:
@@ -37,10 +37,10 @@ def rgb_to_y(img_255: np.ndarray, color_space: str = 'ycbcr') -> np.ndarray:
     (..., H, W) float64 in [0, 255].
   """
   if img_255.shape[-1] != 3:
-    raise ValueError(f'expected an RGB image (..., H, W, 3), got shape {img_255.shape}')
-  if color_space == 'ycbcr':
+    raise ValueError(f"expected an RGB image (..., H, W, 3), got shape {img_255.shape}")
+  if color_space == "ycbcr":
     return img_255 @ (_BT601_Y_WEIGHTS / 255.0) + 16.0
-  if color_space == 'yiq':
+  if color_space == "yiq":
     unit = (img_255 / 255.0).astype(np.float32)
     return np.round(unit @ _YIQ_Y_WEIGHTS.astype(np.float32) * np.float32(255)).astype(np.float64)
   raise ValueError(f"color_space must be 'ycbcr' or 'yiq', got {color_space!r}")

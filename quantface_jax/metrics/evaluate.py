@@ -4,12 +4,17 @@ import concurrent.futures
 
 import numpy as np
 
-from quantface_jax.metrics import fidelity
-from quantface_jax.metrics import niqe_metric
+from quantface_jax.metrics import fidelity, niqe_metric
 
 
-def compute_metrics(outputs: np.ndarray, targets: np.ndarray | None = None, *, with_niqe: bool = True,
-                    niqe_min_side: int = 512, workers: int = 4) -> dict[str, float]:
+def compute_metrics(
+  outputs: np.ndarray,
+  targets: np.ndarray | None = None,
+  *,
+  with_niqe: bool = True,
+  niqe_min_side: int = 512,
+  workers: int = 4,
+) -> dict[str, float]:
   """Mean PSNR/SSIM (RGB, basicsr conventions) and NIQE (pyiqa convention) of a batch.
 
   Args:
@@ -26,17 +31,17 @@ def compute_metrics(outputs: np.ndarray, targets: np.ndarray | None = None, *, w
   """
   outputs = np.asarray(outputs)
   if outputs.ndim != 4:
-    raise ValueError(f'outputs must be (N, H, W, C), got shape {outputs.shape}')
+    raise ValueError(f"outputs must be (N, H, W, C), got shape {outputs.shape}")
   results = {}
   with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
     if targets is not None:
       targets = np.asarray(targets)
       if targets.shape != outputs.shape:
-        raise ValueError(f'outputs {outputs.shape} and targets {targets.shape} differ in shape')
-      results['psnr'] = float(np.mean(list(pool.map(fidelity.psnr, outputs, targets))))
-      results['ssim'] = float(np.mean(list(pool.map(fidelity.ssim, outputs, targets))))
+        raise ValueError(f"outputs {outputs.shape} and targets {targets.shape} differ in shape")
+      results["psnr"] = float(np.mean(list(pool.map(fidelity.psnr, outputs, targets))))
+      results["ssim"] = float(np.mean(list(pool.map(fidelity.ssim, outputs, targets))))
     if with_niqe:
       scores = pool.map(lambda img: niqe_metric.niqe_any_size(img, min_side=niqe_min_side), outputs)
-      results['niqe'] = float(np.mean(list(scores)))
-      results['niqe_upsample'] = niqe_metric.upsample_factor(min(outputs.shape[1:3]), niqe_min_side)
+      results["niqe"] = float(np.mean(list(scores)))
+      results["niqe_upsample"] = niqe_metric.upsample_factor(min(outputs.shape[1:3]), niqe_min_side)
   return results

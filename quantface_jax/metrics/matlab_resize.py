@@ -16,7 +16,9 @@ def _cubic(x: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def resize_matrix(in_length: int, out_length: int, scale: float, antialias: bool = True) -> np.ndarray:
+def resize_matrix(
+  in_length: int, out_length: int, scale: float, antialias: bool = True
+) -> np.ndarray:
   """(out_length, in_length) float64 matrix M with resized = M @ signal.
 
   MATLAB semantics: output pixel x (1-based) samples input position x / scale + (1 - 1/scale) / 2;

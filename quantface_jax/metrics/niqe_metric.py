@@ -17,19 +17,19 @@ import numpy as np
 import scipy.ndimage
 import scipy.special
 
-from quantface_jax.metrics import color
-from quantface_jax.metrics import matlab_resize
+from quantface_jax.metrics import color, matlab_resize
 
-_ASSETS = pathlib.Path(__file__).resolve().parent.parent / 'assets'
+_ASSETS = pathlib.Path(__file__).resolve().parent.parent / "assets"
 PATCH_SIZE = 96
 MIN_SIDE = 2 * PATCH_SIZE  # smaller inputs give too few patches for the 36x36 covariance.
 # convention -> (luma colour space, pyiqa's float32 window).
-_CONVENTIONS = {'pyiqa': ('yiq', True), 'basicsr': ('ycbcr', False)}
+_CONVENTIONS = {"pyiqa": ("yiq", True), "basicsr": ("ycbcr", False)}
 _NEIGHBOUR_SHIFTS = ((0, 1), (1, 0), (1, 1), (1, -1))
 # Lookup table of the generalised Gaussian ratio r(a) = G(2/a)^2 / (G(1/a) G(3/a)).
 _SHAPES = np.arange(0.2, 10.001, 0.001)
 _SHAPE_RATIOS = scipy.special.gamma(2 / _SHAPES) ** 2 / (
-    scipy.special.gamma(1 / _SHAPES) * scipy.special.gamma(3 / _SHAPES))
+  scipy.special.gamma(1 / _SHAPES) * scipy.special.gamma(3 / _SHAPES)
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -44,24 +44,25 @@ class PristineModel:
 @functools.cache
 def pristine_model() -> PristineModel:
   """Loads the LIVE pristine parameters (from basicsr 1.4.2's `niqe_pris_params.npz`)."""
-  with np.load(_ASSETS / 'niqe_pris_params.npz') as params:
+  with np.load(_ASSETS / "niqe_pris_params.npz") as params:
     return PristineModel(
-        mean=params['mu_pris_param'].reshape(-1).astype(np.float64),
-        cov=params['cov_pris_param'].astype(np.float64),
-        window=params['gaussian_window'].astype(np.float64))
+      mean=params["mu_pris_param"].reshape(-1).astype(np.float64),
+      cov=params["cov_pris_param"].astype(np.float64),
+      window=params["gaussian_window"].astype(np.float64),
+    )
 
 
 def _mscn(img: np.ndarray, window: np.ndarray) -> np.ndarray:
   """Mean-subtracted contrast-normalised coefficients of a (H, W) float64 image."""
-  mean = scipy.ndimage.correlate(img, window, mode='nearest')
-  var = scipy.ndimage.correlate(img * img, window, mode='nearest') - mean * mean
+  mean = scipy.ndimage.correlate(img, window, mode="nearest")
+  var = scipy.ndimage.correlate(img * img, window, mode="nearest") - mean * mean
   return (img - mean) / (np.sqrt(np.abs(var)) + 1)
 
 
 def _fit_aggd(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Moment-matching AGGD fit of each row of (N, P) samples: (shape, left scale, right scale)."""
   left, right = samples < 0, samples > 0
-  with np.errstate(divide='ignore', invalid='ignore'):
+  with np.errstate(divide="ignore", invalid="ignore"):
     left_std = np.sqrt((samples**2 * left).sum(1) / left.sum(1))
     right_std = np.sqrt((samples**2 * right).sum(1) / right.sum(1))
     gamma_hat = left_std / right_std
@@ -76,11 +77,13 @@ def _fit_aggd(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _patch_features(mscn: np.ndarray, patch: int) -> np.ndarray:
   """(num_patches, 18) NIQE features of the non-overlapping `patch`-sized tiles of `mscn`."""
   rows, cols = mscn.shape[0] // patch, mscn.shape[1] // patch
-  tiles = mscn[:rows * patch, :cols * patch].reshape(rows, patch, cols, patch)
+  tiles = mscn[: rows * patch, : cols * patch].reshape(rows, patch, cols, patch)
   tiles = tiles.transpose(0, 2, 1, 3).reshape(rows * cols, patch, patch)
   products = [tiles * np.roll(tiles, shift, axis=(1, 2)) for shift in _NEIGHBOUR_SHIFTS]
   samples = np.concatenate([tiles] + products, axis=0).reshape(5, rows * cols, -1)
-  shape, beta_l, beta_r = (a.reshape(5, -1) for a in _fit_aggd(samples.reshape(5 * rows * cols, -1)))
+  shape, beta_l, beta_r = (
+    a.reshape(5, -1) for a in _fit_aggd(samples.reshape(5 * rows * cols, -1))
+  )
   features = [shape[0], (beta_l[0] + beta_r[0]) / 2]
   mean_ratio = scipy.special.gamma(2 / shape[1:]) / scipy.special.gamma(1 / shape[1:])
   for k in range(1, 5):
@@ -96,8 +99,12 @@ def niqe_luma(luma: np.ndarray, model: PristineModel | None = None) -> float:
   model = model or pristine_model()
   height, width = luma.shape
   if min(height, width) < MIN_SIDE:
-    raise ValueError(f'NIQE needs images of at least {MIN_SIDE}x{MIN_SIDE} px, got {height}x{width}')
-  img = np.asarray(luma, np.float64)[:height // PATCH_SIZE * PATCH_SIZE, :width // PATCH_SIZE * PATCH_SIZE]
+    raise ValueError(
+      f"NIQE needs images of at least {MIN_SIDE}x{MIN_SIDE} px, got {height}x{width}"
+    )
+  img = np.asarray(luma, np.float64)[
+    : height // PATCH_SIZE * PATCH_SIZE, : width // PATCH_SIZE * PATCH_SIZE
+  ]
   features = [_patch_features(_mscn(img, model.window), PATCH_SIZE)]
   half = matlab_resize.imresize(img / 255.0, 0.5) * 255.0
   features.append(_patch_features(_mscn(half, model.window), PATCH_SIZE // 2))
@@ -108,8 +115,13 @@ def niqe_luma(luma: np.ndarray, model: PristineModel | None = None) -> float:
   return float(np.sqrt(diff @ np.linalg.pinv((model.cov + cov) / 2) @ diff))
 
 
-def niqe(img: np.ndarray, *, data_range: float | None = None, crop_border: int = 0,
-         convention: str = 'pyiqa') -> float:
+def niqe(
+  img: np.ndarray,
+  *,
+  data_range: float | None = None,
+  crop_border: int = 0,
+  convention: str = "pyiqa",
+) -> float:
   """NIQE of one image (lower is better).
 
   Args:
@@ -125,7 +137,7 @@ def niqe(img: np.ndarray, *, data_range: float | None = None, crop_border: int =
     The NIQE score.
   """
   if convention not in _CONVENTIONS:
-    raise ValueError(f'convention must be one of {sorted(_CONVENTIONS)}, got {convention!r}')
+    raise ValueError(f"convention must be one of {sorted(_CONVENTIONS)}, got {convention!r}")
   color_space, float32_window = _CONVENTIONS[convention]
   img = color.to_255(img, data_range)
   luma = color.rgb_to_y(img, color_space) if img.ndim == 3 else img
@@ -145,8 +157,9 @@ def upsample_factor(short_side: int, min_side: int = 512) -> int:
   return 1 if short_side >= MIN_SIDE else math.ceil(min_side / short_side)
 
 
-def niqe_any_size(img: np.ndarray, *, min_side: int = 512, data_range: float | None = None,
-                  **kwargs) -> float:
+def niqe_any_size(
+  img: np.ndarray, *, min_side: int = 512, data_range: float | None = None, **kwargs
+) -> float:
   """NIQE that also accepts images too small for its 96-px patches (< 192 px a side).
 
   Those are upsampled (MATLAB bicubic, integer factor, clipped to [0, 255]) to at least `min_side`

@@ -14,7 +14,7 @@ float32 whatever the input dtype.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -50,8 +50,17 @@ class Conv2d(nnx.Module):
   the VQGAN/VAE downsampler's asymmetric (0, 1, 0, 1) pad.
   """
 
-  def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
-               padding: Padding = 0, use_bias: bool = True, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    padding: Padding = 0,
+    use_bias: bool = True,
+    rngs: nnx.Rngs,
+  ):
     self.in_channels = in_channels
     self.out_channels = out_channels
     self.kernel_size = kernel_size
@@ -59,12 +68,18 @@ class Conv2d(nnx.Module):
     self.padding = ((padding, padding), (padding, padding)) if isinstance(padding, int) else padding
     fan_in = in_channels * kernel_size * kernel_size
     self.kernel = nnx.Param(
-        _fan_in_normal(rngs, (kernel_size, kernel_size, in_channels, out_channels), fan_in))
+      _fan_in_normal(rngs, (kernel_size, kernel_size, in_channels, out_channels), fan_in)
+    )
     self.bias = nnx.Param(jnp.zeros((out_channels,), jnp.float32)) if use_bias else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return conv2d(x, self.kernel[...].astype(x.dtype), self.stride, self.padding,
-                  None if self.bias is None else self.bias[...].astype(x.dtype))
+    return conv2d(
+      x,
+      self.kernel[...].astype(x.dtype),
+      self.stride,
+      self.padding,
+      None if self.bias is None else self.bias[...].astype(x.dtype),
+    )
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding, bias: jax.Array | None = None):
@@ -73,8 +88,12 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding, bias: jax.Arra
     y = jnp.dot(x, kernel[0, 0])
   else:
     y = jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(stride, stride), padding=padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      x,
+      kernel,
+      window_strides=(stride, stride),
+      padding=padding,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
   return y if bias is None else y + bias
 
 
@@ -128,8 +147,14 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, num_heads: int) -> jax.A
   # <= 256 in multiples of 8: the 77-token cross-attention and the VAE's 512-wide single head stay
   # on XLA.
   head_dim = hd // num_heads
-  if (q.dtype in (jnp.bfloat16, jnp.float16) and jax.default_backend() == "gpu"
-      and lq % 64 == 0 and k.shape[1] % 64 == 0 and head_dim <= 256 and head_dim % 8 == 0):
+  if (
+    q.dtype in (jnp.bfloat16, jnp.float16)
+    and jax.default_backend() == "gpu"
+    and lq % 64 == 0
+    and k.shape[1] % 64 == 0
+    and head_dim <= 256
+    and head_dim % 8 == 0
+  ):
     implementation = "cudnn"
   out = jax.nn.dot_product_attention(heads(q), heads(k), heads(v), implementation=implementation)
   return out.reshape(b, lq, hd)

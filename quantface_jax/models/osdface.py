@@ -17,8 +17,10 @@ from quantface_jax.models.vre import VRE, EmbeddingChange
 
 def alpha_cumprod(cfg: OSDFaceConfig) -> float:
   """ᾱ_t of the scaled-linear schedule at the model's fixed timestep, in float64."""
-  betas = np.linspace(cfg.beta_start ** 0.5, cfg.beta_end ** 0.5, cfg.num_train_timesteps,
-                      dtype=np.float64) ** 2
+  betas = (
+    np.linspace(cfg.beta_start**0.5, cfg.beta_end**0.5, cfg.num_train_timesteps, dtype=np.float64)
+    ** 2
+  )
   return float(np.cumprod(1.0 - betas)[cfg.timestep])
 
 
@@ -34,7 +36,8 @@ class RestoreOutput:
 
 
 jax.tree_util.register_dataclass(
-    RestoreOutput, data_fields=["image", "z_low", "z_high", "eps", "prompt"], meta_fields=[])
+  RestoreOutput, data_fields=["image", "z_low", "z_high", "eps", "prompt"], meta_fields=[]
+)
 
 
 class OSDFace(nnx.Module):
@@ -43,8 +46,9 @@ class OSDFace(nnx.Module):
   def __init__(self, cfg: OSDFaceConfig, *, rngs: nnx.Rngs):
     self.config = cfg
     self.vre = VRE(cfg.vre, rngs=rngs)
-    self.embedding_change = EmbeddingChange(cfg.vre.embed_dim, cfg.embedding_hidden,
-                                            cfg.unet.cross_attention_dim, rngs=rngs)
+    self.embedding_change = EmbeddingChange(
+      cfg.vre.embed_dim, cfg.embedding_hidden, cfg.unet.cross_attention_dim, rngs=rngs
+    )
     self.vae = AutoencoderKL(cfg.vae, rngs=rngs)
     self.unet = UNet2DConditionModel(cfg.unet, rngs=rngs)
 
@@ -52,7 +56,9 @@ class OSDFace(nnx.Module):
     """VRE tokens through embedding_change; both stay in float32 (run once, small)."""
     return self.embedding_change(self.vre(lq)).astype(dtype)
 
-  def restore(self, lq: jax.Array, *, dtype=jnp.float32, rng: jax.Array | None = None) -> RestoreOutput:
+  def restore(
+    self, lq: jax.Array, *, dtype=jnp.float32, rng: jax.Array | None = None
+  ) -> RestoreOutput:
     """One-step restore. ``dtype`` is the VAE/UNet compute dtype; ``rng`` samples the VAE posterior
     as the reference does (default: its mean)."""
     cfg = self.config
@@ -98,7 +104,8 @@ def build(config: OSDFaceConfig | str, *, seed: int = 0) -> OSDFace:
   graphdef, state = nnx.split(abstract(config))
   rng = np.random.default_rng(seed)
   state = jax.tree_util.tree_map_with_path(
-      lambda path, x: jnp.asarray(_random_value(_param_name(path), x.shape, rng)), state)
+    lambda path, x: jnp.asarray(_random_value(_param_name(path), x.shape, rng)), state
+  )
   return nnx.merge(graphdef, state)
 
 
@@ -115,12 +122,12 @@ def count_params(module: nnx.Module) -> int:
 def parameter_counts(model: OSDFace) -> dict[str, int]:
   """Parameter counts per component (works on abstract models)."""
   counts = {
-      "unet": count_params(model.unet),
-      "vae": count_params(model.vae),
-      "vae_encoder": count_params(model.vae.encoder),
-      "vae_decoder": count_params(model.vae.decoder),
-      "vre": count_params(model.vre),
-      "embedding_change": count_params(model.embedding_change),
+    "unet": count_params(model.unet),
+    "vae": count_params(model.vae),
+    "vae_encoder": count_params(model.vae.encoder),
+    "vae_decoder": count_params(model.vae.decoder),
+    "vre": count_params(model.vre),
+    "embedding_change": count_params(model.embedding_change),
   }
   counts["total"] = counts["unet"] + counts["vae"] + counts["vre"] + counts["embedding_change"]
   return counts

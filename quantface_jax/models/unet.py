@@ -9,21 +9,38 @@ import jax.numpy as jnp
 from flax import nnx
 
 from quantface_jax.models.configs import UNetConfig
-from quantface_jax.models.layers import Conv2d, GroupNorm, LayerNorm, Linear, Rematerialized, attention, silu
+from quantface_jax.models.layers import (
+  Conv2d,
+  GroupNorm,
+  LayerNorm,
+  Linear,
+  Rematerialized,
+  attention,
+  silu,
+)
 
 
 class ResnetBlock2D(Rematerialized):
   """diffusers ResnetBlock2D: GN-SiLU-conv, + time embedding, GN-SiLU-conv, residual (1x1 if widths differ)."""
 
-  def __init__(self, in_channels: int, out_channels: int, *, temb_channels: int | None, groups: int,
-               eps: float, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_channels: int,
+    out_channels: int,
+    *,
+    temb_channels: int | None,
+    groups: int,
+    eps: float,
+    rngs: nnx.Rngs,
+  ):
     self.norm1 = GroupNorm(groups, in_channels, eps=eps)
     self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1, rngs=rngs)
     self.time_emb_proj = Linear(temb_channels, out_channels, rngs=rngs) if temb_channels else None
     self.norm2 = GroupNorm(groups, out_channels, eps=eps)
     self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1, rngs=rngs)
-    self.conv_shortcut = (Conv2d(in_channels, out_channels, 1, rngs=rngs)
-                          if in_channels != out_channels else None)
+    self.conv_shortcut = (
+      Conv2d(in_channels, out_channels, 1, rngs=rngs) if in_channels != out_channels else None
+    )
 
   def __call__(self, x: jax.Array, temb: jax.Array | None = None) -> jax.Array:
     return self._run(ResnetBlock2D._forward, x, temb)
@@ -69,7 +86,9 @@ class FeedForward(nnx.Module):
   """diffusers FeedForward: net.0 = GEGLU, net.1 = dropout (identity at inference), net.2 = Linear."""
 
   def __init__(self, dim: int, *, mult: int = 4, rngs: nnx.Rngs):
-    self.net = nnx.List([GEGLU(dim, mult * dim, rngs=rngs), None, Linear(mult * dim, dim, rngs=rngs)])
+    self.net = nnx.List(
+      [GEGLU(dim, mult * dim, rngs=rngs), None, Linear(mult * dim, dim, rngs=rngs)]
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.net[2](self.net[0](x))
@@ -93,15 +112,30 @@ class BasicTransformerBlock(nnx.Module):
 class Transformer2DModel(Rematerialized):
   """GroupNorm, proj_in, transformer blocks over H·W tokens, proj_out, residual."""
 
-  def __init__(self, channels: int, *, heads: int, context_dim: int, num_layers: int, groups: int,
-               linear_projection: bool, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    channels: int,
+    *,
+    heads: int,
+    context_dim: int,
+    num_layers: int,
+    groups: int,
+    linear_projection: bool,
+    rngs: nnx.Rngs,
+  ):
     self.norm = GroupNorm(groups, channels, eps=1e-6)
-    proj = (lambda: Linear(channels, channels, rngs=rngs)) if linear_projection else (
-        lambda: Conv2d(channels, channels, 1, rngs=rngs))
+    proj = (
+      (lambda: Linear(channels, channels, rngs=rngs))
+      if linear_projection
+      else (lambda: Conv2d(channels, channels, 1, rngs=rngs))
+    )
     self.proj_in = proj()
-    self.transformer_blocks = nnx.List([
+    self.transformer_blocks = nnx.List(
+      [
         BasicTransformerBlock(channels, heads=heads, context_dim=context_dim, rngs=rngs)
-        for _ in range(num_layers)])
+        for _ in range(num_layers)
+      ]
+    )
     self.proj_out = proj()
 
   def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
@@ -142,15 +176,37 @@ class UNetBlock(nnx.Module):
   Down blocks return every intermediate for the skips; up blocks consume ``len(resnets)`` skips.
   """
 
-  def __init__(self, resnet_io: list[tuple[int, int]], *, cfg: UNetConfig, heads: int | None,
-               resample: str | None, rngs: nnx.Rngs):
-    kw = dict(temb_channels=cfg.time_embed_dim, groups=cfg.norm_num_groups, eps=cfg.norm_eps, rngs=rngs)
+  def __init__(
+    self,
+    resnet_io: list[tuple[int, int]],
+    *,
+    cfg: UNetConfig,
+    heads: int | None,
+    resample: str | None,
+    rngs: nnx.Rngs,
+  ):
+    kw = dict(
+      temb_channels=cfg.time_embed_dim, groups=cfg.norm_num_groups, eps=cfg.norm_eps, rngs=rngs
+    )
     self.resnets = nnx.List([ResnetBlock2D(i, o, **kw) for i, o in resnet_io])
-    self.attentions = nnx.List([
-        Transformer2DModel(o, heads=heads, context_dim=cfg.cross_attention_dim,
-                           num_layers=cfg.transformer_layers_per_block, groups=cfg.norm_num_groups,
-                           linear_projection=cfg.use_linear_projection, rngs=rngs)
-        for _, o in resnet_io]) if heads else None
+    self.attentions = (
+      nnx.List(
+        [
+          Transformer2DModel(
+            o,
+            heads=heads,
+            context_dim=cfg.cross_attention_dim,
+            num_layers=cfg.transformer_layers_per_block,
+            groups=cfg.norm_num_groups,
+            linear_projection=cfg.use_linear_projection,
+            rngs=rngs,
+          )
+          for _, o in resnet_io
+        ]
+      )
+      if heads
+      else None
+    )
     out = resnet_io[-1][1]
     self.downsamplers = nnx.List([Downsample2D(out, rngs=rngs)]) if resample == "down" else None
     self.upsamplers = nnx.List([Upsample2D(out, rngs=rngs)]) if resample == "up" else None
@@ -179,12 +235,23 @@ class UNetBlock(nnx.Module):
 
 class UNetMidBlock2DCrossAttn(nnx.Module):
   def __init__(self, channels: int, *, cfg: UNetConfig, heads: int, rngs: nnx.Rngs):
-    kw = dict(temb_channels=cfg.time_embed_dim, groups=cfg.norm_num_groups, eps=cfg.norm_eps, rngs=rngs)
+    kw = dict(
+      temb_channels=cfg.time_embed_dim, groups=cfg.norm_num_groups, eps=cfg.norm_eps, rngs=rngs
+    )
     self.resnets = nnx.List([ResnetBlock2D(channels, channels, **kw) for _ in range(2)])
-    self.attentions = nnx.List([Transformer2DModel(
-        channels, heads=heads, context_dim=cfg.cross_attention_dim,
-        num_layers=cfg.transformer_layers_per_block, groups=cfg.norm_num_groups,
-        linear_projection=cfg.use_linear_projection, rngs=rngs)])
+    self.attentions = nnx.List(
+      [
+        Transformer2DModel(
+          channels,
+          heads=heads,
+          context_dim=cfg.cross_attention_dim,
+          num_layers=cfg.transformer_layers_per_block,
+          groups=cfg.norm_num_groups,
+          linear_projection=cfg.use_linear_projection,
+          rngs=rngs,
+        )
+      ]
+    )
 
   def __call__(self, x, temb, context):
     x = self.resnets[0](x, temb)
@@ -200,7 +267,9 @@ class TimestepEmbedding(nnx.Module):
     return self.linear_2(silu(self.linear_1(x)))
 
 
-def timestep_features(t: jax.Array, dim: int, *, flip_sin_to_cos: bool, freq_shift: float) -> jax.Array:
+def timestep_features(
+  t: jax.Array, dim: int, *, flip_sin_to_cos: bool, freq_shift: float
+) -> jax.Array:
   """diffusers `get_timestep_embedding`: (B,) -> (B, dim) float32."""
   half = dim // 2
   freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift))
@@ -223,8 +292,15 @@ class UNet2DConditionModel(nnx.Module):
     down = []
     for i, kind in enumerate(cfg.down_block_types):
       io = [(ch[max(i - 1, 0)] if j == 0 else ch[i], ch[i]) for j in range(cfg.layers_per_block)]
-      down.append(UNetBlock(io, cfg=cfg, heads=heads[i] if kind.startswith("CrossAttn") else None,
-                            resample="down" if i < n - 1 else None, rngs=rngs))
+      down.append(
+        UNetBlock(
+          io,
+          cfg=cfg,
+          heads=heads[i] if kind.startswith("CrossAttn") else None,
+          resample="down" if i < n - 1 else None,
+          rngs=rngs,
+        )
+      )
     self.down_blocks = nnx.List(down)
     self.mid_block = UNetMidBlock2DCrossAttn(ch[-1], cfg=cfg, heads=heads[-1], rngs=rngs)
 
@@ -233,9 +309,19 @@ class UNet2DConditionModel(nnx.Module):
     for i, kind in enumerate(cfg.up_block_types):
       prev, out, skip_in = rch[max(i - 1, 0)], rch[i], rch[min(i + 1, n - 1)]
       layers = cfg.layers_per_block + 1
-      io = [((prev if j == 0 else out) + (skip_in if j == layers - 1 else out), out) for j in range(layers)]
-      up.append(UNetBlock(io, cfg=cfg, heads=rheads[i] if kind.startswith("CrossAttn") else None,
-                          resample="up" if i < n - 1 else None, rngs=rngs))
+      io = [
+        ((prev if j == 0 else out) + (skip_in if j == layers - 1 else out), out)
+        for j in range(layers)
+      ]
+      up.append(
+        UNetBlock(
+          io,
+          cfg=cfg,
+          heads=rheads[i] if kind.startswith("CrossAttn") else None,
+          resample="up" if i < n - 1 else None,
+          rngs=rngs,
+        )
+      )
     self.up_blocks = nnx.List(up)
     self.conv_norm_out = GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
     self.conv_out = Conv2d(ch[0], cfg.out_channels, 3, padding=1, rngs=rngs)
@@ -244,8 +330,12 @@ class UNet2DConditionModel(nnx.Module):
     cfg = self.config
     dtype = latents.dtype
     timesteps = jnp.broadcast_to(jnp.asarray(timesteps), (latents.shape[0],))
-    t_feat = timestep_features(timesteps, cfg.block_out_channels[0],
-                               flip_sin_to_cos=cfg.flip_sin_to_cos, freq_shift=cfg.freq_shift)
+    t_feat = timestep_features(
+      timesteps,
+      cfg.block_out_channels[0],
+      flip_sin_to_cos=cfg.flip_sin_to_cos,
+      freq_shift=cfg.freq_shift,
+    )
     temb = self.time_embedding(t_feat.astype(dtype))
     context = context.astype(dtype)
 

@@ -32,9 +32,13 @@ class MidBlock(nnx.Module):
   def __init__(self, channels: int, *, cfg: VAEConfig, rngs: nnx.Rngs):
     kw = dict(temb_channels=None, groups=cfg.norm_num_groups, eps=cfg.norm_eps, rngs=rngs)
     self.resnets = nnx.List([ResnetBlock2D(channels, channels, **kw) for _ in range(2)])
-    self.attentions = nnx.List([SpatialSelfAttention(
-        channels, groups=cfg.norm_num_groups, eps=cfg.norm_eps, rngs=rngs)]
-    ) if cfg.mid_block_add_attention else None
+    self.attentions = (
+      nnx.List(
+        [SpatialSelfAttention(channels, groups=cfg.norm_num_groups, eps=cfg.norm_eps, rngs=rngs)]
+      )
+      if cfg.mid_block_add_attention
+      else None
+    )
 
   def __call__(self, x):
     x = self.resnets[0](x)
@@ -46,12 +50,15 @@ class MidBlock(nnx.Module):
 class CoderBlock(nnx.Module):
   """DownEncoderBlock2D / UpDecoderBlock2D: resnets then an optional resampler."""
 
-  def __init__(self, io: list[tuple[int, int]], *, cfg: VAEConfig, resample: str | None, rngs: nnx.Rngs):
+  def __init__(
+    self, io: list[tuple[int, int]], *, cfg: VAEConfig, resample: str | None, rngs: nnx.Rngs
+  ):
     kw = dict(temb_channels=None, groups=cfg.norm_num_groups, eps=cfg.norm_eps, rngs=rngs)
     self.resnets = nnx.List([ResnetBlock2D(i, o, **kw) for i, o in io])
     out = io[-1][1]
-    self.downsamplers = (nnx.List([Downsample2D(out, asymmetric_pad=True, rngs=rngs)])
-                         if resample == "down" else None)
+    self.downsamplers = (
+      nnx.List([Downsample2D(out, asymmetric_pad=True, rngs=rngs)]) if resample == "down" else None
+    )
     self.upsamplers = nnx.List([Upsample2D(out, rngs=rngs)]) if resample == "up" else None
 
   def __call__(self, x):
@@ -68,10 +75,17 @@ class Encoder(nnx.Module):
   def __init__(self, cfg: VAEConfig, *, rngs: nnx.Rngs):
     ch, n = cfg.block_out_channels, len(cfg.block_out_channels)
     self.conv_in = Conv2d(cfg.in_channels, ch[0], 3, padding=1, rngs=rngs)
-    self.down_blocks = nnx.List([
-        CoderBlock([(ch[max(i - 1, 0)] if j == 0 else ch[i], ch[i]) for j in range(cfg.layers_per_block)],
-                   cfg=cfg, resample="down" if i < n - 1 else None, rngs=rngs)
-        for i in range(n)])
+    self.down_blocks = nnx.List(
+      [
+        CoderBlock(
+          [(ch[max(i - 1, 0)] if j == 0 else ch[i], ch[i]) for j in range(cfg.layers_per_block)],
+          cfg=cfg,
+          resample="down" if i < n - 1 else None,
+          rngs=rngs,
+        )
+        for i in range(n)
+      ]
+    )
     self.mid_block = MidBlock(ch[-1], cfg=cfg, rngs=rngs)
     self.conv_norm_out = GroupNorm(cfg.norm_num_groups, ch[-1], eps=cfg.norm_eps)
     self.conv_out = Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1, rngs=rngs)
@@ -89,11 +103,20 @@ class Decoder(nnx.Module):
     rch, n = cfg.block_out_channels[::-1], len(cfg.block_out_channels)
     self.conv_in = Conv2d(cfg.latent_channels, rch[0], 3, padding=1, rngs=rngs)
     self.mid_block = MidBlock(rch[0], cfg=cfg, rngs=rngs)
-    self.up_blocks = nnx.List([
-        CoderBlock([(rch[max(i - 1, 0)] if j == 0 else rch[i], rch[i])
-                    for j in range(cfg.layers_per_block + 1)],
-                   cfg=cfg, resample="up" if i < n - 1 else None, rngs=rngs)
-        for i in range(n)])
+    self.up_blocks = nnx.List(
+      [
+        CoderBlock(
+          [
+            (rch[max(i - 1, 0)] if j == 0 else rch[i], rch[i])
+            for j in range(cfg.layers_per_block + 1)
+          ],
+          cfg=cfg,
+          resample="up" if i < n - 1 else None,
+          rngs=rngs,
+        )
+        for i in range(n)
+      ]
+    )
     self.conv_norm_out = GroupNorm(cfg.norm_num_groups, rch[-1], eps=cfg.norm_eps)
     self.conv_out = Conv2d(rch[-1], cfg.out_channels, 3, padding=1, rngs=rngs)
 

@@ -35,13 +35,18 @@ class AttnBlock(nnx.Module):
 
 
 class EncoderLevel(nnx.Module):
-  def __init__(self, cin: int, cout: int, *, with_attn: bool, downsample: bool, cfg: VREConfig,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, cin: int, cout: int, *, with_attn: bool, downsample: bool, cfg: VREConfig, rngs: nnx.Rngs
+  ):
     kw = dict(temb_channels=None, groups=cfg.norm_num_groups, eps=cfg.norm_eps, rngs=rngs)
-    self.block = nnx.List([ResnetBlock2D(cin if j == 0 else cout, cout, **kw)
-                           for j in range(cfg.num_res_blocks)])
-    self.attn = nnx.List([AttnBlock(cout, cfg=cfg, rngs=rngs)
-                          for _ in range(cfg.num_res_blocks)]) if with_attn else None
+    self.block = nnx.List(
+      [ResnetBlock2D(cin if j == 0 else cout, cout, **kw) for j in range(cfg.num_res_blocks)]
+    )
+    self.attn = (
+      nnx.List([AttnBlock(cout, cfg=cfg, rngs=rngs) for _ in range(cfg.num_res_blocks)])
+      if with_attn
+      else None
+    )
     self.downsample = Downsample2D(cout, asymmetric_pad=True, rngs=rngs) if downsample else None
 
   def __call__(self, x):
@@ -70,10 +75,19 @@ class VQEncoder(nnx.Module):
     widths = [cfg.ch * m for m in (1,) + tuple(cfg.ch_mult)]
     n = len(cfg.ch_mult)
     self.conv_in = Conv2d(cfg.in_channels, cfg.ch, 3, padding=1, rngs=rngs)
-    self.down = nnx.List([
-        EncoderLevel(widths[i], widths[i + 1], with_attn=(cfg.resolution >> i) in cfg.attn_resolutions,
-                     downsample=i < n - 1, cfg=cfg, rngs=rngs)
-        for i in range(n)])
+    self.down = nnx.List(
+      [
+        EncoderLevel(
+          widths[i],
+          widths[i + 1],
+          with_attn=(cfg.resolution >> i) in cfg.attn_resolutions,
+          downsample=i < n - 1,
+          cfg=cfg,
+          rngs=rngs,
+        )
+        for i in range(n)
+      ]
+    )
     self.mid = MidLevel(widths[-1], cfg=cfg, rngs=rngs)
     self.norm_out = GroupNorm(cfg.norm_num_groups, widths[-1], eps=cfg.norm_eps)
     self.conv_out = Conv2d(widths[-1], cfg.z_channels, 3, padding=1, rngs=rngs)
@@ -101,8 +115,11 @@ class Codebook(nnx.Module):
     Distances as taming computes them: |z|² + |e|² - 2 z·e.
     """
     e = self.embedding.embedding[...].astype(jnp.float32)
-    d = (jnp.sum(z * z, -1, keepdims=True) + jnp.sum(e * e, -1)[None, None]
-         - 2.0 * jnp.einsum("bpd,nd->bpn", z, e, precision=jax.lax.Precision.HIGHEST))
+    d = (
+      jnp.sum(z * z, -1, keepdims=True)
+      + jnp.sum(e * e, -1)[None, None]
+      - 2.0 * jnp.einsum("bpd,nd->bpn", z, e, precision=jax.lax.Precision.HIGHEST)
+    )
     idx = jnp.argmin(d, axis=-1).astype(jnp.int32)
     return idx, jnp.take_along_axis(d, idx[..., None], axis=-1)[..., 0]
 
@@ -139,7 +156,9 @@ class VRE(nnx.Module):
 
   def encode(self, lq: jax.Array) -> jax.Array:
     """Pre-quantization latents (B, P, embed_dim) float32, with the reference's second normalisation."""
-    x = ((lq - 0.5) / 0.5).astype(jnp.float32)  # kept for weight compatibility: lq is already in [-1, 1]
+    x = ((lq - 0.5) / 0.5).astype(
+      jnp.float32
+    )  # kept for weight compatibility: lq is already in [-1, 1]
     z = self.quant_conv(self.encoder(x))
     return z.reshape(z.shape[0], -1, z.shape[-1])
 

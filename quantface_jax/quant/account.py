@@ -44,8 +44,11 @@ def _output_shapes(model: nnx.Module, layers: dict, resolution: int) -> dict[str
   try:
     graphdef, state = nnx.split(model)
     _SHAPES.clear()
-    jax.eval_shape(lambda s, x: nnx.merge(graphdef, s).restore(x).image, state,
-                   jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32))
+    jax.eval_shape(
+      lambda s, x: nnx.merge(graphdef, s).restore(x).image,
+      state,
+      jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32),
+    )
     return dict(_SHAPES)
   finally:
     for path, layer in layers.items():
@@ -59,8 +62,9 @@ def _bits_of(layer, config: LayerQuantConfig) -> tuple[int, int]:
   return config.w_bits, config.a_bits
 
 
-def account(model: nnx.Module, *, rules: rules_lib.Rules | None = None,
-            resolution: int | None = None) -> dict:
+def account(
+  model: nnx.Module, *, rules: rules_lib.Rules | None = None, resolution: int | None = None
+) -> dict:
   """Bits and BOPs of ``model``'s quantized layers (or of the plan ``rules`` on an FP model).
 
   Returns a dict: per-layer rows, totals (``param_bits`` and its split ``bits_by_dtype``
@@ -79,49 +83,71 @@ def account(model: nnx.Module, *, rules: rules_lib.Rules | None = None,
   for path, layer in layers.items():
     kernel = layer.kernel.shape
     n_kernel, n_bias = math.prod(kernel), 0 if layer.bias is None else kernel[-1]
-    config = layer.config if isinstance(layer, QUANT_LAYERS) else (
-        rules_lib.match(rules, path) if rules else None)
+    config = (
+      layer.config
+      if isinstance(layer, QUANT_LAYERS)
+      else (rules_lib.match(rules, path) if rules else None)
+    )
     macs = math.prod(shapes[path][:-1]) * n_kernel
     fp32_bops = macs * 32 * 32
     if config is None:
       w_bits = a_bits = 32
       bits, bops, rank = (n_kernel + n_bias) * 32, fp32_bops, 0
-      by_dtype['fp32'] = by_dtype.get('fp32', 0) + bits
+      by_dtype["fp32"] = by_dtype.get("fp32", 0) + bits
     else:
       w_bits, a_bits = _bits_of(layer, config)
-      rank = _live_rank(layer) if isinstance(layer, QUANT_LAYERS) else min(
-          config.low_rank, math.prod(kernel[:-1]), kernel[-1])
-      n_scales = kernel[-1] if config.w_granularity == 'per_channel' else 1
+      rank = (
+        _live_rank(layer)
+        if isinstance(layer, QUANT_LAYERS)
+        else min(config.low_rank, math.prod(kernel[:-1]), kernel[-1])
+      )
+      n_scales = kernel[-1] if config.w_granularity == "per_channel" else 1
       n_low_rank = rank * (math.prod(kernel[:-1]) + kernel[-1])
-      parts = {f'int{w_bits}': n_kernel * w_bits,
-               'fp16': n_scales * 16 * (1 if config.w_symmetric else 2)
-                       + (kernel[-2] * 16 if config.smooth else 0),
-               'fp32': (64 if config.a_mode == 'static' else 0) + n_bias * 32,
-               'seed': 64 if config.rotate else 0, 'bf16': n_low_rank * 16}
+      parts = {
+        f"int{w_bits}": n_kernel * w_bits,
+        "fp16": n_scales * 16 * (1 if config.w_symmetric else 2)
+        + (kernel[-2] * 16 if config.smooth else 0),
+        "fp32": (64 if config.a_mode == "static" else 0) + n_bias * 32,
+        "seed": 64 if config.rotate else 0,
+        "bf16": n_low_rank * 16,
+      }
       bits = sum(parts.values())
       for dtype, n in parts.items():
         by_dtype[dtype] = by_dtype.get(dtype, 0) + n
       bops = macs * w_bits * a_bits + math.prod(shapes[path][:-1]) * n_low_rank * 16 * 16
-      totals['weight_bits'] += n_kernel * w_bits
-      totals['fp32_weight_bits'] += n_kernel * 32
+      totals["weight_bits"] += n_kernel * w_bits
+      totals["fp32_weight_bits"] += n_kernel * 32
     layer_params += n_kernel + n_bias + _low_rank_params(layer)
-    totals['param_bits'] += bits
-    totals['bops'] += bops
-    totals['fp32_bops'] += fp32_bops
-    rows.append(dict(path=path, w_bits=w_bits, a_bits=a_bits, low_rank=rank, macs=macs,
-                     param_bits=bits, bops=bops))
-  totals['param_bits'] += (total_params - layer_params) * 32  # Everything outside the layers.
-  by_dtype['fp32'] = by_dtype.get('fp32', 0) + (total_params - layer_params) * 32
+    totals["param_bits"] += bits
+    totals["bops"] += bops
+    totals["fp32_bops"] += fp32_bops
+    rows.append(
+      dict(
+        path=path,
+        w_bits=w_bits,
+        a_bits=a_bits,
+        low_rank=rank,
+        macs=macs,
+        param_bits=bits,
+        bops=bops,
+      )
+    )
+  totals["param_bits"] += (total_params - layer_params) * 32  # Everything outside the layers.
+  by_dtype["fp32"] = by_dtype.get("fp32", 0) + (total_params - layer_params) * 32
   original = total_params - sum(_low_rank_params(layer) for layer in layers.values())
-  totals['fp32_bits'] = original * 32
-  totals['bf16_bits'] = original * 16
+  totals["fp32_bits"] = original * 32
+  totals["bf16_bits"] = original * 16
   pct = lambda new, old: 100.0 * (1.0 - new / old) if old else 0.0
   return dict(
-      layers=rows, resolution=resolution, **totals, bits_by_dtype=by_dtype,
-      param_reduction_vs_fp32=pct(totals['param_bits'], totals['fp32_bits']),
-      param_reduction_vs_bf16=pct(totals['param_bits'], totals['bf16_bits']),
-      weight_reduction=pct(totals['weight_bits'], totals['fp32_weight_bits']),
-      bops_reduction=pct(totals['bops'], totals['fp32_bops']))
+    layers=rows,
+    resolution=resolution,
+    **totals,
+    bits_by_dtype=by_dtype,
+    param_reduction_vs_fp32=pct(totals["param_bits"], totals["fp32_bits"]),
+    param_reduction_vs_bf16=pct(totals["param_bits"], totals["bf16_bits"]),
+    weight_reduction=pct(totals["weight_bits"], totals["fp32_weight_bits"]),
+    bops_reduction=pct(totals["bops"], totals["fp32_bops"]),
+  )
 
 
 # Factor pairs (down, up) a quantized layer may carry: the PTQ low-rank split and QD-LoRA's SVD and
@@ -148,15 +174,18 @@ def _low_rank_params(layer) -> int:
 
 def account_table(report: dict) -> str:
   """A markdown table of :func:`account`'s totals and reductions."""
-  gib = lambda bits: f'{bits / 8 / 2**20:,.1f} MiB'
-  gbops = lambda b: f'{b / 1e12:,.2f} TBOPs'
-  lines = ['| quantity | quantized | reference | reduction |', '|---|---|---|---|',
-           f"| parameters vs FP32 | {gib(report['param_bits'])} | {gib(report['fp32_bits'])} | "
-           f"{report['param_reduction_vs_fp32']:.1f}% |",
-           f"| parameters vs BF16 | {gib(report['param_bits'])} | {gib(report['bf16_bits'])} | "
-           f"{report['param_reduction_vs_bf16']:.1f}% |",
-           f"| quantized kernels | {gib(report['weight_bits'])} | {gib(report['fp32_weight_bits'])} | "
-           f"{report['weight_reduction']:.1f}% |",
-           f"| BOPs @ {report['resolution']} px | {gbops(report['bops'])} | "
-           f"{gbops(report['fp32_bops'])} | {report['bops_reduction']:.1f}% |"]
-  return '\n'.join(lines)
+  gib = lambda bits: f"{bits / 8 / 2**20:,.1f} MiB"
+  gbops = lambda b: f"{b / 1e12:,.2f} TBOPs"
+  lines = [
+    "| quantity | quantized | reference | reduction |",
+    "|---|---|---|---|",
+    f"| parameters vs FP32 | {gib(report['param_bits'])} | {gib(report['fp32_bits'])} | "
+    f"{report['param_reduction_vs_fp32']:.1f}% |",
+    f"| parameters vs BF16 | {gib(report['param_bits'])} | {gib(report['bf16_bits'])} | "
+    f"{report['param_reduction_vs_bf16']:.1f}% |",
+    f"| quantized kernels | {gib(report['weight_bits'])} | {gib(report['fp32_weight_bits'])} | "
+    f"{report['weight_reduction']:.1f}% |",
+    f"| BOPs @ {report['resolution']} px | {gbops(report['bops'])} | "
+    f"{gbops(report['fp32_bops'])} | {report['bops_reduction']:.1f}% |",
+  ]
+  return "\n".join(lines)

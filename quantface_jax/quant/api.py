@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,19 +21,31 @@ from quantface_jax.models.layers import Conv2d
 from quantface_jax.quant import hadamard, quantizers, smoothing
 from quantface_jax.quant import rules as rules_lib
 from quantface_jax.quant.calibrate import CalibrationStats, LayerStats, Observer, calibrate, observe
-from quantface_jax.quant.layers import (QUANT_LAYERS, QuantConv2d, QuantLinear, low_rank_split,
-                                        rotate_input, rotate_weight)
+from quantface_jax.quant.layers import (
+  QUANT_LAYERS,
+  QuantConv2d,
+  QuantLinear,
+  low_rank_split,
+  rotate_input,
+  rotate_weight,
+)
 from quantface_jax.quant.recipes import Recipe
 from quantface_jax.quant.rules import LayerQuantConfig
 
-BITS_MAP_FORMAT = 'quantface-bits-map'
+BITS_MAP_FORMAT = "quantface-bits-map"
 BITS_MAP_VERSION = 1
 
 
-def quantize(model: nnx.Module, recipe: Recipe, *,
-             calibration: CalibrationStats | Sequence[np.ndarray] | None = None,
-             images: Iterable[np.ndarray] | None = None, inplace: bool = False,
-             progress: bool = False, workers: int | None = None) -> nnx.Module:
+def quantize(
+  model: nnx.Module,
+  recipe: Recipe,
+  *,
+  calibration: CalibrationStats | Sequence[np.ndarray] | None = None,
+  images: Iterable[np.ndarray] | None = None,
+  inplace: bool = False,
+  progress: bool = False,
+  workers: int | None = None,
+) -> nnx.Module:
   """Returns ``model`` with every Linear/Conv2d that ``recipe.rules`` matches quantized.
 
   Args:
@@ -54,8 +66,14 @@ def quantize(model: nnx.Module, recipe: Recipe, *,
   if calibration is not None and not isinstance(calibration, CalibrationStats):
     batches = list(calibration)
     settings = recipe.calibration
-    calibration = calibrate(model, batches, rules=recipe.rules, max_samples=settings.max_samples,
-                            seed=settings.seed, progress=progress)
+    calibration = calibrate(
+      model,
+      batches,
+      rules=recipe.rules,
+      max_samples=settings.max_samples,
+      seed=settings.seed,
+      progress=progress,
+    )
     images = batches if settings.range_pass and images is None else images
   model = model if inplace else nnx.clone(model)
 
@@ -64,17 +82,26 @@ def quantize(model: nnx.Module, recipe: Recipe, *,
     if config is None:
       return None
     stats = None if calibration is None or path not in calibration else calibration[path]
-    return quantize_layer(layer, config, stats=stats, seed=rules_lib.layer_seed(recipe.seed, path), path=path)
+    return quantize_layer(
+      layer, config, stats=stats, seed=rules_lib.layer_seed(recipe.seed, path), path=path
+    )
 
-  rules_lib.replace_layers(model, list(rules_lib.iter_layers(model, rules_lib.FP_LAYERS)), convert,
-                           workers=workers)
+  rules_lib.replace_layers(
+    model, list(rules_lib.iter_layers(model, rules_lib.FP_LAYERS)), convert, workers=workers
+  )
   if images is not None:
     calibrate_ranges(model, images, progress=progress)
   return model
 
 
-def quantize_layer(layer: nnx.Module, config: LayerQuantConfig, *, stats: LayerStats | None,
-                   seed: int, path: str = '') -> QuantLinear | QuantConv2d:
+def quantize_layer(
+  layer: nnx.Module,
+  config: LayerQuantConfig,
+  *,
+  stats: LayerStats | None,
+  seed: int,
+  path: str = "",
+) -> QuantLinear | QuantConv2d:
   """The quantized counterpart of one ``Linear``/``Conv2d`` (kernel (*taps, d_in, d_out)).
 
   The array work runs in jitted functions whose only static inputs are shapes and the config, so
@@ -82,24 +109,40 @@ def quantize_layer(layer: nnx.Module, config: LayerQuantConfig, *, stats: LayerS
   """
   w = jnp.asarray(layer.kernel[...], jnp.float32)
   bias = None if layer.bias is None else layer.bias[...]
-  needs_stats = config.smooth or config.a_mode == 'static'
+  needs_stats = config.smooth or config.a_mode == "static"
   if needs_stats and stats is None:
-    raise ValueError(f'{path}: smoothing / static activations need calibration statistics')
+    raise ValueError(f"{path}: smoothing / static activations need calibration statistics")
   d_in = w.shape[-2]
   signs = jnp.asarray(hadamard.random_hadamard(d_in, seed).signs) if config.rotate else None
   if stats is None:
-    stats = LayerStats(ch_min=np.zeros(d_in, np.float32), ch_max=np.zeros(d_in, np.float32),
-                       sample=np.zeros((0, *w.shape[:-1]), np.float32))
+    stats = LayerStats(
+      ch_min=np.zeros(d_in, np.float32),
+      ch_max=np.zeros(d_in, np.float32),
+      sample=np.zeros((0, *w.shape[:-1]), np.float32),
+    )
   smooth, w_hat, a_min, a_max = _balance(
-      w, jnp.asarray(stats.ch_min), jnp.asarray(stats.ch_max), jnp.asarray(stats.sample), signs,
-      config.w_bits, config.a_bits, config=_static_config(config))
+    w,
+    jnp.asarray(stats.ch_min),
+    jnp.asarray(stats.ch_max),
+    jnp.asarray(stats.sample),
+    signs,
+    config.w_bits,
+    config.a_bits,
+    config=_static_config(config),
+  )
   low_rank = None
   if config.low_rank:
     w_hat, down, up = low_rank_split(w_hat, config.low_rank)
     low_rank = (down, up)
   w_clip = clip_ratio(w_hat, config.w_bits, config) if config.clip_search else None
-  kwargs = dict(config=config, smooth=smooth if config.smooth else None, rotation_signs=signs,
-                low_rank=low_rank, w_clip=w_clip, a_range=(a_min, a_max))
+  kwargs = dict(
+    config=config,
+    smooth=smooth if config.smooth else None,
+    rotation_signs=signs,
+    low_rank=low_rank,
+    w_clip=w_clip,
+    a_range=(a_min, a_max),
+  )
   if isinstance(layer, Conv2d):
     return QuantConv2d(w_hat, bias, stride=layer.stride, padding=layer.padding, **kwargs)
   return QuantLinear(w_hat, bias, **kwargs)
@@ -110,7 +153,7 @@ def _static_config(config: LayerQuantConfig) -> LayerQuantConfig:
   return config.replace(w_bits=8, a_bits=8)
 
 
-@functools.partial(jax.jit, static_argnames=('config',))
+@functools.partial(jax.jit, static_argnames=("config",))
 def _balance(w, ch_min, ch_max, sample, signs, w_bits, a_bits, *, config: LayerQuantConfig):
   """(smoothing scales (d_in,), Ŵ, a_min, a_max of x̂) for one layer.
 
@@ -124,11 +167,17 @@ def _balance(w, ch_min, ch_max, sample, signs, w_bits, a_bits, *, config: LayerQ
   rotation = hadamard.random_hadamard(w.shape[-2], None) if config.rotate else None
   absmax = jnp.maximum(-ch_min, ch_max)
   smooth = jnp.ones_like(absmax)
-  if config.smooth and config.alpha == 'search':
+  if config.smooth and config.alpha == "search":
     _, smooth, _ = smoothing.search_alpha(
-        sample, w, w_bits, a_bits, rotation=rotation, act_absmax=absmax,
-        w_config=dataclasses.replace(config.weight_quantizer, clip_search=False),
-        a_config=config.act_quantizer)
+      sample,
+      w,
+      w_bits,
+      a_bits,
+      rotation=rotation,
+      act_absmax=absmax,
+      w_config=dataclasses.replace(config.weight_quantizer, clip_search=False),
+      a_config=config.act_quantizer,
+    )
   elif config.smooth:
     smooth = smoothing.smoothing_scales(absmax, w, config.alpha)
   w_hat = w * smooth[:, None]
@@ -148,24 +197,36 @@ def _balance(w, ch_min, ch_max, sample, signs, w_bits, a_bits, *, config: LayerQ
 def clip_ratio(w: jax.Array, bits, config: LayerQuantConfig) -> jax.Array:
   """Per-output-channel clip ratios of least weight error for ``w`` at ``bits`` (traced)."""
   q = config.weight_quantizer
-  return _clip_ratio(w, bits, symmetric=q.symmetric, ratios=q.clip_ratios,
-                     granularity=q.granularity, axis=q.axis, group_size=q.group_size)
+  return _clip_ratio(
+    w,
+    bits,
+    symmetric=q.symmetric,
+    ratios=q.clip_ratios,
+    granularity=q.granularity,
+    axis=q.axis,
+    group_size=q.group_size,
+  )
 
 
-@functools.partial(jax.jit, static_argnames=('symmetric', 'ratios', 'granularity', 'axis',
-                                             'group_size'))
+@functools.partial(
+  jax.jit, static_argnames=("symmetric", "ratios", "granularity", "axis", "group_size")
+)
 def _clip_ratio(w, bits, **kwargs) -> jax.Array:
   return quantizers.search_clip_ratio(w, bits, **kwargs)[2]
 
 
-def calibrate_ranges(model: nnx.Module, images: Iterable[np.ndarray], *,
-                     progress: bool = True) -> None:
+def calibrate_ranges(
+  model: nnx.Module, images: Iterable[np.ndarray], *, progress: bool = True
+) -> None:
   """Sets each rotated static-activation layer's [a_min, a_max] to the range of its balanced input
   over ``images``, measured with quantization off (in place). Without rotation the range from the
   per-channel statistics is already exact, so those layers are skipped (and with them, possibly
   the whole pass and its compilation)."""
-  targets = {p: m for p, m in quant_layers(model).items()
-             if m.config.a_mode == 'static' and m.rotation is not None}
+  targets = {
+    p: m
+    for p, m in quant_layers(model).items()
+    if m.config.a_mode == "static" and m.rotation is not None
+  }
   if not targets:
     return
   layers = quant_layers(model)  # every layer's switch is restored, not only the measured ones'
@@ -173,8 +234,13 @@ def calibrate_ranges(model: nnx.Module, images: Iterable[np.ndarray], *,
   set_quant_enabled(model, False)
   try:
     observers, _ = observe(
-        model, targets, images, progress=progress, desc='calibrate ranges',
-        make_observer=lambda _, layer: Observer(layer, max_samples=0, balanced=True))
+      model,
+      targets,
+      images,
+      progress=progress,
+      desc="calibrate ranges",
+      make_observer=lambda _, layer: Observer(layer, max_samples=0, balanced=True),
+    )
   finally:
     for path, layer in layers.items():
       layer.enabled[...] = enabled[path]
@@ -197,8 +263,9 @@ def get_bits(model: nnx.Module) -> dict[str, tuple[int, int]]:
   return {p: (int(m.w_bits[...]), int(m.a_bits[...])) for p, m in quant_layers(model).items()}
 
 
-def set_bits(model: nnx.Module, bits_map: Mapping[str, tuple[int, int]], *,
-             refit_clip: bool = True) -> None:
+def set_bits(
+  model: nnx.Module, bits_map: Mapping[str, tuple[int, int]], *, refit_clip: bool = True
+) -> None:
   """Sets the widths of the named quantized layers (in place; data only, no recompilation).
 
   ``refit_clip``: re-search the weight clip ratios of clip-searching layers whose weight width
@@ -208,7 +275,7 @@ def set_bits(model: nnx.Module, bits_map: Mapping[str, tuple[int, int]], *,
   layers = quant_layers(model)
   unknown = sorted(set(bits_map) - set(layers))
   if unknown:
-    raise KeyError(f'not quantized layers: {unknown[:5]}{"..." if len(unknown) > 5 else ""}')
+    raise KeyError(f"not quantized layers: {unknown[:5]}{'...' if len(unknown) > 5 else ''}")
   for path, (w_bits, a_bits) in bits_map.items():
     layer = layers[path]
     if refit_clip and layer.config.clip_search and int(layer.w_bits[...]) != w_bits:
@@ -225,12 +292,19 @@ def set_quant_enabled(model: nnx.Module, enabled: bool) -> None:
 
 def bits_map_to_json(bits_map: Mapping[str, tuple[int, int]], meta: Mapping | None = None) -> str:
   layers = {p: [int(w), int(a)] for p, (w, a) in bits_map.items()}
-  return json.dumps({'format': BITS_MAP_FORMAT, 'version': BITS_MAP_VERSION,
-                     'meta': dict(meta or {}), 'layers': layers}, indent=1)
+  return json.dumps(
+    {
+      "format": BITS_MAP_FORMAT,
+      "version": BITS_MAP_VERSION,
+      "meta": dict(meta or {}),
+      "layers": layers,
+    },
+    indent=1,
+  )
 
 
 def bits_map_from_json(text: str) -> dict[str, tuple[int, int]]:
   document = json.loads(text)
-  if document.get('format') != BITS_MAP_FORMAT or document.get('version') != BITS_MAP_VERSION:
-    raise ValueError(f'not a {BITS_MAP_FORMAT} v{BITS_MAP_VERSION} document')
-  return {p: (int(w), int(a)) for p, (w, a) in document['layers'].items()}
+  if document.get("format") != BITS_MAP_FORMAT or document.get("version") != BITS_MAP_VERSION:
+    raise ValueError(f"not a {BITS_MAP_FORMAT} v{BITS_MAP_VERSION} document")
+  return {p: (int(w), int(a)) for p, (w, a) in document["layers"].items()}

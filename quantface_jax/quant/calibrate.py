@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -18,11 +18,11 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from quantface_jax.quant import rules as rules_lib
 from quantface_jax.fileio import atomic_open, atomic_write_text
+from quantface_jax.quant import rules as rules_lib
 
-_SEP = '::'
-_FIELDS = ('ch_min', 'ch_max', 'sample')
+_SEP = "::"
+_FIELDS = ("ch_min", "ch_max", "sample")
 
 
 class ObserverStat(nnx.Variable):
@@ -62,7 +62,7 @@ class Observer(nnx.Module):
     self.ch_max.set_value(jnp.maximum(self.ch_max[...], flat.max(0)))
     if self.max_samples:
       rows = self._candidates(xs)
-      self.sample.set_value(self.sample[...].at[self.slots[...]].set(rows, mode='drop'))
+      self.sample.set_value(self.sample[...].at[self.slots[...]].set(rows, mode="drop"))
     return self.layer(x)
 
   def _candidates(self, xs: jax.Array) -> jax.Array:
@@ -108,7 +108,9 @@ class LayerStats:
 
   ch_min: np.ndarray  # (d_in,) float32 per-channel minimum.
   ch_max: np.ndarray  # (d_in,) float32 per-channel maximum.
-  sample: np.ndarray  # (n, *taps, d_in) float32 random input rows (conv: patches), n <= max_samples.
+  sample: (
+    np.ndarray
+  )  # (n, *taps, d_in) float32 random input rows (conv: patches), n <= max_samples.
 
   @property
   def absmax(self) -> np.ndarray:
@@ -137,21 +139,23 @@ class CalibrationStats:
   def save(self, directory: str | os.PathLike) -> None:
     """Writes ``stats.npz`` and ``stats.json`` under ``directory``, each atomically."""
     os.makedirs(directory, exist_ok=True)
-    arrays = {f'{path}{_SEP}{f}': getattr(s, f) for path, s in self.layers.items() for f in _FIELDS}
-    with atomic_open(os.path.join(directory, 'stats.npz'), 'wb') as fh:
+    arrays = {f"{path}{_SEP}{f}": getattr(s, f) for path, s in self.layers.items() for f in _FIELDS}
+    with atomic_open(os.path.join(directory, "stats.npz"), "wb") as fh:
       np.savez(fh, **arrays)
-    atomic_write_text(os.path.join(directory, 'stats.json'),
-                      json.dumps({'meta': self.meta, 'layers': list(self.layers)}, indent=1))
+    atomic_write_text(
+      os.path.join(directory, "stats.json"),
+      json.dumps({"meta": self.meta, "layers": list(self.layers)}, indent=1),
+    )
 
   @classmethod
-  def load(cls, directory: str | os.PathLike) -> 'CalibrationStats':
-    with open(os.path.join(directory, 'stats.json')) as fh:
+  def load(cls, directory: str | os.PathLike) -> CalibrationStats:
+    with open(os.path.join(directory, "stats.json")) as fh:
       index = json.load(fh)
-    with np.load(os.path.join(directory, 'stats.npz')) as arrays:
-      layers = {p: LayerStats(**{f: arrays[f'{p}{_SEP}{f}'] for f in _FIELDS})
-                for p in index['layers']}
-    return cls(layers=layers, meta=index['meta'])
-
+    with np.load(os.path.join(directory, "stats.npz")) as arrays:
+      layers = {
+        p: LayerStats(**{f: arrays[f"{p}{_SEP}{f}"] for f in _FIELDS}) for p in index["layers"]
+      }
+    return cls(layers=layers, meta=index["meta"])
 
 
 @nnx.jit
@@ -159,20 +163,30 @@ def _observe_step(model: nnx.Module, images: jax.Array) -> None:
   model.restore(images)
 
 
-def observe(model: nnx.Module, targets: dict[str, nnx.Module], images: Iterable[np.ndarray], *,
-            make_observer: Callable[[str, nnx.Module], Observer], seed: int = 0,
-            progress: bool = True, desc: str = 'calibrate') -> tuple[dict[str, Observer], int]:
+def observe(
+  model: nnx.Module,
+  targets: dict[str, nnx.Module],
+  images: Iterable[np.ndarray],
+  *,
+  make_observer: Callable[[str, nnx.Module], Observer],
+  seed: int = 0,
+  progress: bool = True,
+  desc: str = "calibrate",
+) -> tuple[dict[str, Observer], int]:
   """Streams ``images`` ((B, R, R, 3) in [-1, 1]) through ``model.restore`` with ``targets``
   (path -> layer) observed; the layers are swapped back afterwards. ``seed`` (with each path) seeds
   the host-drawn sample positions. Returns (observers, images)."""
   observers = {path: make_observer(path, layer) for path, layer in targets.items()}
-  draws = {path: _HostDraws(obs.max_samples, rules_lib.layer_seed(seed, path))
-           for path, obs in observers.items() if obs.max_samples}
+  draws = {
+    path: _HostDraws(obs.max_samples, rules_lib.layer_seed(seed, path))
+    for path, obs in observers.items()
+    if obs.max_samples
+  }
   for path, obs in observers.items():
     rules_lib.set_module(model, path, obs)
   count = 0
   try:
-    total = len(images) if hasattr(images, '__len__') else None
+    total = len(images) if hasattr(images, "__len__") else None
     for batch in tqdm.tqdm(images, desc=desc, total=total, disable=not progress):
       for path, draw in draws.items():
         draw(observers[path])
@@ -184,22 +198,43 @@ def observe(model: nnx.Module, targets: dict[str, nnx.Module], images: Iterable[
   return observers, count
 
 
-def calibrate(model: nnx.Module, images: Iterable[np.ndarray], *,
-              rules: rules_lib.Rules | None = None, max_samples: int = 256, seed: int = 0,
-              progress: bool = True) -> CalibrationStats:
+def calibrate(
+  model: nnx.Module,
+  images: Iterable[np.ndarray],
+  *,
+  rules: rules_lib.Rules | None = None,
+  max_samples: int = 256,
+  seed: int = 0,
+  progress: bool = True,
+) -> CalibrationStats:
   """Input statistics of every full-precision Linear/Conv2d (only those ``rules`` quantize, when
   given) over ``images``, an iterable of (B, R, R, 3) float arrays in [-1, 1]."""
-  targets = {p: m for p, m in rules_lib.iter_layers(model, rules_lib.FP_LAYERS)
-             if rules is None or rules_lib.match(rules, p) is not None}
+  targets = {
+    p: m
+    for p, m in rules_lib.iter_layers(model, rules_lib.FP_LAYERS)
+    if rules is None or rules_lib.match(rules, p) is not None
+  }
   observers, count = observe(
-      model, targets, images, progress=progress, seed=seed,
-      make_observer=lambda _, layer: Observer(layer, max_samples=max_samples))
+    model,
+    targets,
+    images,
+    progress=progress,
+    seed=seed,
+    make_observer=lambda _, layer: Observer(layer, max_samples=max_samples),
+  )
   layers = {}
   for path, obs in observers.items():
-    layers[path] = LayerStats(ch_min=np.asarray(obs.ch_min[...]), ch_max=np.asarray(obs.ch_max[...]),
-                              sample=np.asarray(obs.sample[...][:max_samples if count else 0]))
-  cfg = getattr(model, 'config', None)
-  meta = dict(num_images=count, max_samples=max_samples, seed=seed,
-              timestep=getattr(cfg, 'timestep', None), model=getattr(cfg, 'name', None))
+    layers[path] = LayerStats(
+      ch_min=np.asarray(obs.ch_min[...]),
+      ch_max=np.asarray(obs.ch_max[...]),
+      sample=np.asarray(obs.sample[...][: max_samples if count else 0]),
+    )
+  cfg = getattr(model, "config", None)
+  meta = dict(
+    num_images=count,
+    max_samples=max_samples,
+    seed=seed,
+    timestep=getattr(cfg, "timestep", None),
+    model=getattr(cfg, "name", None),
+  )
   return CalibrationStats(layers=layers, meta=meta)
-

@@ -23,7 +23,7 @@ import json
 import math
 import os
 import pathlib
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,8 @@ import numpy as np
 import safetensors.numpy
 from flax import nnx
 
+from quantface_jax import checkpoint
+from quantface_jax.fileio import atomic_directory
 from quantface_jax.models.configs import OSDFaceConfig
 from quantface_jax.models.layers import Conv2d
 from quantface_jax.models.osdface import OSDFace, abstract
@@ -40,33 +42,58 @@ from quantface_jax.quant.api import get_bits
 from quantface_jax.quant.layers import QuantConv2d, QuantLinear
 from quantface_jax.quant.recipes import Recipe, recipe_from_dict, recipe_to_dict
 from quantface_jax.quant.rules import LayerQuantConfig
-from quantface_jax import checkpoint
-from quantface_jax.fileio import atomic_directory
 
-QDIR_FORMAT = 'quantface-qdir'
+QDIR_FORMAT = "quantface-qdir"
 QDIR_VERSION = 1
-CONFIG_FILE = 'config.json'
-STATE_FILE = 'quant_state.safetensors'
-MANIFEST_FILE = 'manifest.json'
-_ACCOUNT_KEYS = ('param_bits', 'fp32_bits', 'bf16_bits', 'weight_bits', 'fp32_weight_bits',
-                 'bits_by_dtype', 'bops', 'fp32_bops', 'param_reduction_vs_fp32',
-                 'param_reduction_vs_bf16', 'weight_reduction', 'bops_reduction', 'resolution')
+CONFIG_FILE = "config.json"
+STATE_FILE = "quant_state.safetensors"
+MANIFEST_FILE = "manifest.json"
+_ACCOUNT_KEYS = (
+  "param_bits",
+  "fp32_bits",
+  "bf16_bits",
+  "weight_bits",
+  "fp32_weight_bits",
+  "bits_by_dtype",
+  "bops",
+  "fp32_bops",
+  "param_reduction_vs_fp32",
+  "param_reduction_vs_bf16",
+  "weight_reduction",
+  "bops_reduction",
+  "resolution",
+)
 
 
-def save_quantized(model: OSDFace, recipe: Recipe, out_dir: str | os.PathLike, *, base_ckpt: str,
-                   calibration_info: Mapping | None = None, overwrite: bool = True) -> pathlib.Path:
+def save_quantized(
+  model: OSDFace,
+  recipe: Recipe,
+  out_dir: str | os.PathLike,
+  *,
+  base_ckpt: str,
+  calibration_info: Mapping | None = None,
+  overwrite: bool = True,
+) -> pathlib.Path:
   """Writes the QDIR of ``model`` (quantized with ``recipe``) to ``out_dir``; returns it."""
   out_dir = pathlib.Path(out_dir).absolute()
   report = account(model)
-  manifest = dict(format=QDIR_FORMAT, version=QDIR_VERSION, recipe=recipe_to_dict(recipe),
-                  base_checkpoint=str(base_ckpt), calibration=dict(calibration_info or {}),
-                  bits={p: list(b) for p, b in get_bits(model).items()},
-                  account={k: report[k] for k in _ACCOUNT_KEYS})
-  tensors = {k: np.asarray(jax.device_get(v)) for k, v in checkpoint.flat_params(model, ...).items()}
+  manifest = dict(
+    format=QDIR_FORMAT,
+    version=QDIR_VERSION,
+    recipe=recipe_to_dict(recipe),
+    base_checkpoint=str(base_ckpt),
+    calibration=dict(calibration_info or {}),
+    bits={p: list(b) for p, b in get_bits(model).items()},
+    account={k: report[k] for k in _ACCOUNT_KEYS},
+  )
+  tensors = {
+    k: np.asarray(jax.device_get(v)) for k, v in checkpoint.flat_params(model, ...).items()
+  }
   with atomic_directory(out_dir, overwrite=overwrite) as tmp:
     (tmp / CONFIG_FILE).write_text(model.config.to_json())
-    safetensors.numpy.save_file(tensors, str(tmp / STATE_FILE),
-                                metadata={'format': QDIR_FORMAT})  # one key: see serve/export.py
+    safetensors.numpy.save_file(
+      tensors, str(tmp / STATE_FILE), metadata={"format": QDIR_FORMAT}
+    )  # one key: see serve/export.py
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
   return out_dir
 
@@ -90,9 +117,12 @@ def _empty_quant_layer(layer: nnx.Module, config: LayerQuantConfig) -> QuantLine
   *taps, d_in, d_out = layer.kernel.shape
   rows = math.prod(taps) * d_in
   rank = min(config.low_rank, rows, d_out)
-  kwargs = dict(config=config, smooth=jnp.ones(d_in) if config.smooth else None,
-                rotation_signs=np.ones(d_in, np.float32) if config.rotate else None,
-                low_rank=(jnp.zeros((rows, rank)), jnp.zeros((rank, d_out))) if rank else None)
+  kwargs = dict(
+    config=config,
+    smooth=jnp.ones(d_in) if config.smooth else None,
+    rotation_signs=np.ones(d_in, np.float32) if config.rotate else None,
+    low_rank=(jnp.zeros((rows, rank)), jnp.zeros((rank, d_out))) if rank else None,
+  )
   kernel = jnp.zeros(layer.kernel.shape)
   bias = None if layer.bias is None else jnp.zeros((d_out,))
   if isinstance(layer, Conv2d):
@@ -108,6 +138,6 @@ def load_quantized(qdir: str | os.PathLike) -> OSDFace:
   qdir = pathlib.Path(qdir)
   manifest = read_manifest(qdir)
   config = OSDFaceConfig.from_dict(json.loads((qdir / CONFIG_FILE).read_text()))
-  model = quantized_skeleton(config, recipe_from_dict(manifest['recipe']))
+  model = quantized_skeleton(config, recipe_from_dict(manifest["recipe"]))
   tensors = safetensors.numpy.load_file(str(qdir / STATE_FILE))
   return checkpoint.fill_strict(model, tensors, qdir / STATE_FILE)

@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
 # ----------------------------------------------------------------------------------------------
 # Integer Hadamard matrices.
 
@@ -63,11 +62,12 @@ def _paley_ii(q: int) -> np.ndarray:
   c[0, 1:] = 1
   c[1:, 0] = 1
   c[1:, 1:] = _jacobsthal(q)
-  return (np.kron(c, np.array([[1, 1], [1, -1]]))
-          + np.kron(np.eye(q + 1, dtype=np.int64), np.array([[1, -1], [-1, -1]])))
+  return np.kron(c, np.array([[1, 1], [1, -1]])) + np.kron(
+    np.eye(q + 1, dtype=np.int64), np.array([[1, -1], [-1, -1]])
+  )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dense_hadamard(n: int) -> np.ndarray | None:
   """A ±1 int8 Hadamard matrix of order n from the constructions above, or None (read-only)."""
   if n == 1:
@@ -81,8 +81,11 @@ def _dense_hadamard(n: int) -> np.ndarray | None:
   elif _is_prime(n // 2 - 1) and (n // 2 - 1) % 4 == 1:
     h = _paley_ii(n // 2 - 1)
   else:
-    pairs = ((_dense_hadamard(a), _dense_hadamard(n // a))
-             for a in range(2, math.isqrt(n) + 1) if n % a == 0)
+    pairs = (
+      (_dense_hadamard(a), _dense_hadamard(n // a))
+      for a in range(2, math.isqrt(n) + 1)
+      if n % a == 0
+    )
     h = next((np.kron(ha, hb) for ha, hb in pairs if ha is not None and hb is not None), None)
     if h is None:
       return None
@@ -120,16 +123,16 @@ class HadamardFactors:
     return self.dense.shape[0] << self.log2_sylvester
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def hadamard_factors(d: int) -> HadamardFactors:
   """The Kronecker / block-diagonal structure of the Hadamard matrix used for d channels."""
   if d < 1:
-    raise ValueError(f'dimension must be positive, got {d}')
+    raise ValueError(f"dimension must be positive, got {d}")
   for n in sorted((n for n in range(1, d + 1) if d % n == 0), reverse=True):
     factors = _kron_factors(n)
     if factors is not None:
       return HadamardFactors(num_blocks=d // n, dense=factors[0], log2_sylvester=factors[1])
-  raise AssertionError('unreachable: order 1 always exists')
+  raise AssertionError("unreachable: order 1 always exists")
 
 
 def _sylvester(p: int) -> np.ndarray:
@@ -188,8 +191,11 @@ def random_hadamard(d: int, seed: int | None) -> RotationSpec:
 
 def dense_rotation(spec: RotationSpec) -> np.ndarray:
   """(d, d) float64 Q = H·diag(signs)/√n, orthogonal; for fusing into weights."""
-  return (hadamard_matrix(spec.dim) * spec.signs.astype(np.float64)[None, :]
-          / math.sqrt(spec.factors.block_order))
+  return (
+    hadamard_matrix(spec.dim)
+    * spec.signs.astype(np.float64)[None, :]
+    / math.sqrt(spec.factors.block_order)
+  )
 
 
 def _walsh_hadamard_last(x: jax.Array) -> jax.Array:
@@ -207,7 +213,7 @@ def _walsh_hadamard_last(x: jax.Array) -> jax.Array:
 def _rotate(x: jax.Array, spec: RotationSpec, axis: int, transpose: bool) -> jax.Array:
   x = jnp.asarray(x)
   if x.shape[axis] != spec.dim:
-    raise ValueError(f'axis {axis} of shape {x.shape} does not have {spec.dim} channels')
+    raise ValueError(f"axis {axis} of shape {x.shape} does not have {spec.dim} channels")
   f = spec.factors
   signs = jnp.asarray(spec.signs)
   y = jnp.moveaxis(x, axis, -1).astype(jnp.float32)
@@ -218,7 +224,7 @@ def _rotate(x: jax.Array, spec: RotationSpec, axis: int, transpose: bool) -> jax
   y = y.reshape(lead + (f.num_blocks, order, 1 << f.log2_sylvester))
   if order > 1:
     dense = jnp.asarray(f.dense.T if transpose else f.dense, jnp.float32)
-    y = jnp.einsum('...bip,ij->...bjp', y, dense, precision=jax.lax.Precision.HIGHEST)
+    y = jnp.einsum("...bip,ij->...bjp", y, dense, precision=jax.lax.Precision.HIGHEST)
   y = _walsh_hadamard_last(y).reshape(lead + (spec.dim,))
   y = y * (1.0 / math.sqrt(f.block_order))
   if not transpose:  # x @ Q = (x @ H)·signs/√n

@@ -48,10 +48,18 @@ class _QuantLayer(nnx.Module):
   conv; the low-rank factors work on its (taps·d_in, d_out) matrix.
   """
 
-  def __init__(self, kernel: jax.Array, bias: jax.Array | None, *, config: LayerQuantConfig,
-               smooth: jax.Array | None = None, rotation_signs: jax.Array | None = None,
-               low_rank: tuple[jax.Array, jax.Array] | None = None, w_clip: jax.Array | None = None,
-               a_range: tuple[float, float] = (0.0, 0.0)):
+  def __init__(
+    self,
+    kernel: jax.Array,
+    bias: jax.Array | None,
+    *,
+    config: LayerQuantConfig,
+    smooth: jax.Array | None = None,
+    rotation_signs: jax.Array | None = None,
+    low_rank: tuple[jax.Array, jax.Array] | None = None,
+    w_clip: jax.Array | None = None,
+    a_range: tuple[float, float] = (0.0, 0.0),
+  ):
     self.config = config
     self.kernel = nnx.Param(jnp.asarray(kernel, jnp.float32))
     self.bias = None if bias is None else nnx.Param(jnp.asarray(bias, jnp.float32))
@@ -61,15 +69,19 @@ class _QuantLayer(nnx.Module):
     else:
       self.rotation = hadamard.random_hadamard(len(rotation_signs), None)  # static, unsigned
       self.rotation_signs = _state(rotation_signs)  # (d_in,) ±1
-      self.rotation_matrix = (_state(hadamard.dense_rotation(self.rotation) * np.asarray(rotation_signs))
-                              if config.rotation_impl == 'dense' else None)
+      self.rotation_matrix = (
+        _state(hadamard.dense_rotation(self.rotation) * np.asarray(rotation_signs))
+        if config.rotation_impl == "dense"
+        else None
+      )
     if low_rank is None:
       self.low_rank_down = self.low_rank_up = None
     else:
       self.low_rank_down = nnx.Param(jnp.asarray(low_rank[0], jnp.float32))  # L1 (taps·d_in, r)
       self.low_rank_up = nnx.Param(jnp.asarray(low_rank[1], jnp.float32))  # L2 (r, d_out)
-    param_shape = quantizers.reduce_groups(self.kernel[...], jnp.max,
-                                           **config.weight_quantizer.layout).shape
+    param_shape = quantizers.reduce_groups(
+      self.kernel[...], jnp.max, **config.weight_quantizer.layout
+    ).shape
     self.w_clip = _state(jnp.ones(param_shape) if w_clip is None else w_clip)
     self.a_min = _state(a_range[0])
     self.a_max = _state(a_range[1])
@@ -85,8 +97,9 @@ class _QuantLayer(nnx.Module):
     """x̂ = x·diag(s)⁻¹·Q over the last axis; x's dtype."""
     xs = smoothing.balance_input(x, None if self.smooth is None else self.smooth[...])
     if self.rotation_matrix is not None:
-      return jnp.dot(xs.astype(jnp.float32), self.rotation_matrix[...],
-                     precision=jax.lax.Precision.HIGHEST).astype(x.dtype)
+      return jnp.dot(
+        xs.astype(jnp.float32), self.rotation_matrix[...], precision=jax.lax.Precision.HIGHEST
+      ).astype(x.dtype)
     if self.rotation is None:
       return xs
     return rotate_input(xs, self.rotation, self.rotation_signs[...])
@@ -97,19 +110,26 @@ class _QuantLayer(nnx.Module):
     enabled = self.enabled[...]
     if cfg.dynamic:
       return quantizers.fake_quant_tensor(xh, self.a_bits[...], cfg, enabled=enabled)
-    return quantizers.fake_quant_static(xh, self.a_min[...], self.a_max[...], self.a_bits[...],
-                                        symmetric=cfg.symmetric, enabled=enabled)
+    return quantizers.fake_quant_static(
+      xh,
+      self.a_min[...],
+      self.a_max[...],
+      self.a_bits[...],
+      symmetric=cfg.symmetric,
+      enabled=enabled,
+    )
 
   def quant_weight(self) -> jax.Array:
     """Q_w(R), float32, with the stored clip ratios and the traced width."""
     cfg = self.config.weight_quantizer
     w = self.kernel[...]
     w_min, w_max = quantizers.range_stats(w, **cfg.layout)
-    scale, zero_point = quantizers.qparams_from_range(w_min, w_max, self.w_bits[...],
-                                                      symmetric=cfg.symmetric,
-                                                      clip_ratio=self.w_clip[...])
-    return quantizers.fake_quant(w, scale, zero_point, self.w_bits[...], symmetric=cfg.symmetric,
-                                 enabled=self.enabled[...])
+    scale, zero_point = quantizers.qparams_from_range(
+      w_min, w_max, self.w_bits[...], symmetric=cfg.symmetric, clip_ratio=self.w_clip[...]
+    )
+    return quantizers.fake_quant(
+      w, scale, zero_point, self.w_bits[...], symmetric=cfg.symmetric, enabled=self.enabled[...]
+    )
 
   def _add_bias(self, y: jax.Array) -> jax.Array:
     return y if self.bias is None else y + self.bias[...].astype(y.dtype)
@@ -122,8 +142,9 @@ class QuantLinear(_QuantLayer):
     xh = self.balance(x)
     y = jnp.dot(self.quant_input(xh), self.quant_weight().astype(x.dtype))
     if self.low_rank_down is not None:
-      y = y + jnp.dot(jnp.dot(xh, self.low_rank_down[...].astype(x.dtype)),
-                      self.low_rank_up[...].astype(x.dtype))
+      y = y + jnp.dot(
+        jnp.dot(xh, self.low_rank_down[...].astype(x.dtype)), self.low_rank_up[...].astype(x.dtype)
+      )
     return self._add_bias(y)
 
 
@@ -169,7 +190,11 @@ def low_rank_split(w_hat: jax.Array, rank: int) -> tuple[jax.Array, jax.Array, j
   matrix = w.reshape(-1, w.shape[-1])
   rank = min(rank, *matrix.shape)
   if rank == 0:
-    return jnp.asarray(w, jnp.float32), jnp.zeros((matrix.shape[0], 0)), jnp.zeros((0, matrix.shape[1]))
+    return (
+      jnp.asarray(w, jnp.float32),
+      jnp.zeros((matrix.shape[0], 0)),
+      jnp.zeros((0, matrix.shape[1])),
+    )
   tall = matrix.shape[0] >= matrix.shape[1]
   a = matrix if tall else matrix.T  # (m, n), m >= n: the Gram matrix is the small n × n one
   n = a.shape[1]
@@ -182,8 +207,11 @@ def low_rank_split(w_hat: jax.Array, rank: int) -> tuple[jax.Array, jax.Array, j
   right = root[:, None] * v.T
   down, up = (left, right) if tall else (right.T, left.T)
   residual = (matrix - down @ up).reshape(w.shape)
-  return (jnp.asarray(residual, jnp.float32), jnp.asarray(down, jnp.float32),
-          jnp.asarray(up, jnp.float32))
+  return (
+    jnp.asarray(residual, jnp.float32),
+    jnp.asarray(down, jnp.float32),
+    jnp.asarray(up, jnp.float32),
+  )
 
 
 QUANT_LAYERS = (QuantLinear, QuantConv2d)

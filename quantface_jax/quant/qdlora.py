@@ -51,16 +51,24 @@ TRAINABLE = (BranchParam, ScaleParam)
 class _QDLoRA:
   """The QD-LoRA forward and state, mixed into a quantized layer class (kernel = R)."""
 
-  def __init__(self, kernel, bias, *, svd: tuple[jax.Array, jax.Array],
-               lora: tuple[jax.Array, jax.Array] | None, learn_scales: bool = False,
-               **quant_kwargs):
+  def __init__(
+    self,
+    kernel,
+    bias,
+    *,
+    svd: tuple[jax.Array, jax.Array],
+    lora: tuple[jax.Array, jax.Array] | None,
+    learn_scales: bool = False,
+    **quant_kwargs,
+  ):
     """svd, lora: (down (*taps, d_in, r), up (r, d_out)) initial branch factors (lora None: no
     room left, see `qdlora_layer`); quant_kwargs: the quantized layer's own arguments (config,
     smooth, rotation_signs, w_clip, a_range, ...)."""
     super().__init__(kernel, bias, **quant_kwargs)
     self.svd_down, self.svd_up = (BranchParam(jnp.asarray(f, jnp.float32)) for f in svd)
-    self.lora_down, self.lora_up = ((None, None) if lora is None else
-                                    (BranchParam(jnp.asarray(f, jnp.float32)) for f in lora))
+    self.lora_down, self.lora_up = (
+      (None, None) if lora is None else (BranchParam(jnp.asarray(f, jnp.float32)) for f in lora)
+    )
     self.learn_scales = learn_scales
     if learn_scales:
       self.w_clip = ScaleParam(self.w_clip[...])
@@ -85,11 +93,13 @@ class _QDLoRA:
       return super().quant_weight()
     cfg, bits, w = self.config.weight_quantizer, self.w_bits[...], self.kernel[...]
     w_min, w_max = quantizers.range_stats(w, **cfg.layout)
-    scale, zero_point = quantizers.qparams_from_range(w_min, w_max, bits, symmetric=cfg.symmetric,
-                                                      clip_ratio=self.w_clip[...])
+    scale, zero_point = quantizers.qparams_from_range(
+      w_min, w_max, bits, symmetric=cfg.symmetric, clip_ratio=self.w_clip[...]
+    )
     scale = _lsq(scale, w.size // scale.size, bits, cfg.symmetric)
-    return quantizers.fake_quant(w, scale, zero_point, bits, symmetric=cfg.symmetric,
-                                 enabled=self.enabled[...])
+    return quantizers.fake_quant(
+      w, scale, zero_point, bits, symmetric=cfg.symmetric, enabled=self.enabled[...]
+    )
 
   def quant_input(self, xh: jax.Array) -> jax.Array:
     """Q_a(x̂); with learn_scales a static range [a_min, a_max] gets LSQ-scaled gradients."""
@@ -97,16 +107,19 @@ class _QDLoRA:
     if not self.learn_scales or cfg.dynamic:
       return super().quant_input(xh)
     bits = self.a_bits[...]
-    scale, zero_point = quantizers.qparams_from_range(self.a_min[...], self.a_max[...], bits,
-                                                      symmetric=cfg.symmetric)
+    scale, zero_point = quantizers.qparams_from_range(
+      self.a_min[...], self.a_max[...], bits, symmetric=cfg.symmetric
+    )
     scale = _lsq(scale, math.prod(xh.shape[1:]), bits, cfg.symmetric)
-    return quantizers.fake_quant(xh, scale, zero_point, bits, symmetric=cfg.symmetric,
-                                 enabled=self.enabled[...])
+    return quantizers.fake_quant(
+      xh, scale, zero_point, bits, symmetric=cfg.symmetric, enabled=self.enabled[...]
+    )
 
 
 def _lsq(scale: jax.Array, group_size: int, bits, symmetric: bool) -> jax.Array:
   return quantizers.scale_gradient(
-      scale, quantizers.lsq_gradient_factor(group_size, bits, symmetric=symmetric))
+    scale, quantizers.lsq_gradient_factor(group_size, bits, symmetric=symmetric)
+  )
 
 
 class QDLoRALinear(_QDLoRA, QuantLinear):
@@ -138,14 +151,18 @@ def merged_factors(layer: QDLoRALinear | QDLoRAConv2d) -> tuple[jax.Array, jax.A
 def _rebuild(cls, layer, kernel, **extra):
   """A ``cls`` layer with ``layer``'s quantization state (config, balancing, ranges, traced bits)
   around ``kernel``; ``extra`` goes to ``cls``'s constructor."""
-  kwargs = dict(config=layer.config, smooth=None if layer.smooth is None else layer.smooth[...],
-                rotation_signs=None if layer.rotation_signs is None else layer.rotation_signs[...],
-                w_clip=layer.w_clip[...],
-                a_range=(layer.a_min[...], layer.a_max[...]), **extra)
+  kwargs = dict(
+    config=layer.config,
+    smooth=None if layer.smooth is None else layer.smooth[...],
+    rotation_signs=None if layer.rotation_signs is None else layer.rotation_signs[...],
+    w_clip=layer.w_clip[...],
+    a_range=(layer.a_min[...], layer.a_max[...]),
+    **extra,
+  )
   if isinstance(layer, QuantConv2d):
     kwargs.update(stride=layer.stride, padding=layer.padding)
   new = cls(kernel, None if layer.bias is None else layer.bias[...], **kwargs)
-  for name in ('w_bits', 'a_bits', 'enabled'):
+  for name in ("w_bits", "a_bits", "enabled"):
     getattr(new, name)[...] = getattr(layer, name)[...]
   return new
 
@@ -158,9 +175,15 @@ def branch_ranks(kernel_shape: tuple[int, ...], rank: int, lora_rank: int) -> tu
   return svd_rank, min(lora_rank, room - svd_rank)
 
 
-def qdlora_layer(layer: QuantLinear | QuantConv2d, *, rank: int, lora_rank: int, sigma: float,
-                 rng: np.random.Generator, learn_scales: bool = False
-                 ) -> QDLoRALinear | QDLoRAConv2d:
+def qdlora_layer(
+  layer: QuantLinear | QuantConv2d,
+  *,
+  rank: int,
+  lora_rank: int,
+  sigma: float,
+  rng: np.random.Generator,
+  learn_scales: bool = False,
+) -> QDLoRALinear | QDLoRAConv2d:
   """The QD-LoRA form of one quantized layer: Ŵ = R + L1·L2 (its own split, if any) is re-split at
   ``rank``; the LoRA down factor is drawn from ``rng``.
 
@@ -171,8 +194,10 @@ def qdlora_layer(layer: QuantLinear | QuantConv2d, *, rank: int, lora_rank: int,
   kernel = np.asarray(layer.kernel[...], np.float64)
   w_hat = kernel
   if layer.low_rank_down is not None:
-    w_hat = kernel + (np.asarray(layer.low_rank_down[...], np.float64)
-                      @ np.asarray(layer.low_rank_up[...], np.float64)).reshape(kernel.shape)
+    w_hat = kernel + (
+      np.asarray(layer.low_rank_down[...], np.float64)
+      @ np.asarray(layer.low_rank_up[...], np.float64)
+    ).reshape(kernel.shape)
   rank, lora_rank = branch_ranks(kernel.shape, rank, lora_rank)
   residual, down, up = low_rank_split(w_hat, rank)
   taps_in = kernel.shape[:-1]
@@ -180,8 +205,9 @@ def qdlora_layer(layer: QuantLinear | QuantConv2d, *, rank: int, lora_rank: int,
   if lora_rank > 0:
     lora = (rng.standard_normal((*taps_in, lora_rank)) * sigma, np.zeros((lora_rank, up.shape[-1])))
   cls = QDLoRAConv2d if isinstance(layer, QuantConv2d) else QDLoRALinear
-  return _rebuild(cls, layer, residual, svd=(down.reshape(*taps_in, -1), up), lora=lora,
-                  learn_scales=learn_scales)
+  return _rebuild(
+    cls, layer, residual, svd=(down.reshape(*taps_in, -1), up), lora=lora, learn_scales=learn_scales
+  )
 
 
 def merge_branches(layer: QDLoRALinear | QDLoRAConv2d) -> QuantLinear | QuantConv2d:
@@ -198,8 +224,16 @@ def _replace_layers(model: nnx.Module, convert, types, inplace: bool) -> nnx.Mod
   return model
 
 
-def to_qdlora(model: nnx.Module, *, rank: int = 16, lora_rank: int = 16, sigma: float = 0.02,
-              seed: int = 0, learn_scales: bool = False, inplace: bool = False) -> nnx.Module:
+def to_qdlora(
+  model: nnx.Module,
+  *,
+  rank: int = 16,
+  lora_rank: int = 16,
+  sigma: float = 0.02,
+  seed: int = 0,
+  learn_scales: bool = False,
+  inplace: bool = False,
+) -> nnx.Module:
   """Converts every quantized layer of a ``quantize``-d model to QD-LoRA (clone unless ``inplace``).
 
   Args:
@@ -210,13 +244,18 @@ def to_qdlora(model: nnx.Module, *, rank: int = 16, lora_rank: int = 16, sigma: 
     learn_scales: also train weight clip ratios and static activation ranges (LSQ).
   """
   if rank < 1 or lora_rank < 0:
-    raise ValueError(f'to_qdlora: need rank >= 1 and lora_rank >= 0, got {rank}, {lora_rank}')
+    raise ValueError(f"to_qdlora: need rank >= 1 and lora_rank >= 0, got {rank}, {lora_rank}")
   layers = quant_layers(model)
   if not layers or any(isinstance(layer, QDLORA_LAYERS) for layer in layers.values()):
-    raise ValueError('to_qdlora: needs a quantized model without QD-LoRA layers (run quantize)')
+    raise ValueError("to_qdlora: needs a quantized model without QD-LoRA layers (run quantize)")
   convert = lambda path, layer: qdlora_layer(
-      layer, rank=rank, lora_rank=lora_rank, sigma=sigma, learn_scales=learn_scales,
-      rng=np.random.default_rng(rules_lib.layer_seed(seed, path)))
+    layer,
+    rank=rank,
+    lora_rank=lora_rank,
+    sigma=sigma,
+    learn_scales=learn_scales,
+    rng=np.random.default_rng(rules_lib.layer_seed(seed, path)),
+  )
   return _replace_layers(model, convert, (QuantLinear, QuantConv2d), inplace)
 
 

@@ -27,13 +27,14 @@ Conventions
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Literal, get_args
+from collections.abc import Callable
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-Granularity = Literal['per_tensor', 'per_channel', 'per_token', 'per_group']
+Granularity = Literal["per_tensor", "per_channel", "per_token", "per_group"]
 GRANULARITIES = get_args(Granularity)
 
 # A bit width at or above this means "no quantization" (exact pass-through).
@@ -51,7 +52,7 @@ class QuantizerConfig:
   bits: int = 8  # default width; layers keep it as traced state, so changing it never recompiles.
   enabled: bool = True  # False: exact pass-through (same as bits >= PASSTHROUGH_BITS).
   symmetric: bool = True  # True: zero point 0, signed codes; False: affine, unsigned codes.
-  granularity: Granularity = 'per_tensor'  # which elements share one scale (module docstring).
+  granularity: Granularity = "per_tensor"  # which elements share one scale (module docstring).
   axis: int = -1  # per_channel: the channel axis kept; per_group: the axis split into groups.
   group_size: int | None = None  # per_group only: elements per group along `axis`.
   dynamic: bool = False  # activations: scales from each live tensor (serving), not calibration.
@@ -60,11 +61,13 @@ class QuantizerConfig:
 
   def __post_init__(self):
     if self.granularity not in GRANULARITIES:
-      raise ValueError(f'granularity must be one of {GRANULARITIES}, got {self.granularity!r}')
-    if (self.granularity == 'per_group') != (self.group_size is not None):
+      raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+    if (self.granularity == "per_group") != (self.group_size is not None):
       raise ValueError('group_size is required for, and only for, granularity="per_group"')
     if self.clip_search and 1.0 not in self.clip_ratios:
-      raise ValueError('clip_ratios must contain 1.0 so that the search is never worse than no clip')
+      raise ValueError(
+        "clip_ratios must contain 1.0 so that the search is never worse than no clip"
+      )
 
   @property
   def layout(self) -> dict:
@@ -73,9 +76,9 @@ class QuantizerConfig:
 
 
 # Presets of DESIGN §2.2.
-WEIGHT_PER_CHANNEL = QuantizerConfig(granularity='per_channel', axis=-1, clip_search=True)
-ACT_STATIC_PER_TENSOR = QuantizerConfig(symmetric=False, granularity='per_tensor')
-ACT_DYNAMIC_PER_TOKEN = QuantizerConfig(granularity='per_token', dynamic=True)
+WEIGHT_PER_CHANNEL = QuantizerConfig(granularity="per_channel", axis=-1, clip_search=True)
+ACT_STATIC_PER_TENSOR = QuantizerConfig(symmetric=False, granularity="per_tensor")
+ACT_DYNAMIC_PER_TOKEN = QuantizerConfig(granularity="per_token", dynamic=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -135,31 +138,37 @@ def lsq_gradient_factor(num_elements: int, bits, *, symmetric: bool) -> jax.Arra
 
 def _normalize_axis(axis: int, ndim: int) -> int:
   if not -ndim <= axis < ndim:
-    raise ValueError(f'axis {axis} out of range for a rank-{ndim} tensor')
+    raise ValueError(f"axis {axis} out of range for a rank-{ndim} tensor")
   return axis % ndim
 
 
-def reduce_groups(x: jax.Array, reducer: Callable, *, granularity: Granularity = 'per_tensor',
-                  axis: int = -1, group_size: int | None = None) -> jax.Array:
+def reduce_groups(
+  x: jax.Array,
+  reducer: Callable,
+  *,
+  granularity: Granularity = "per_tensor",
+  axis: int = -1,
+  group_size: int | None = None,
+) -> jax.Array:
   """Reduces ``x`` over each scale group with ``reducer`` (jnp.max, jnp.min, jnp.sum, ...).
 
   Returns the quantization-parameter shape of the module docstring (same rank as ``x``).
   """
   ndim = x.ndim
-  if granularity == 'per_tensor':
+  if granularity == "per_tensor":
     return reducer(x, axis=tuple(range(ndim)), keepdims=True)
-  if granularity == 'per_token':
+  if granularity == "per_token":
     return reducer(x, axis=-1, keepdims=True)
   axis = _normalize_axis(axis, ndim)
-  if granularity == 'per_channel':
+  if granularity == "per_channel":
     return reducer(x, axis=tuple(a for a in range(ndim) if a != axis), keepdims=True)
-  if granularity == 'per_group':
+  if granularity == "per_group":
     size = x.shape[axis]
     if group_size is None or size % group_size:
-      raise ValueError(f'group_size {group_size} must divide axis {axis} of size {size}')
-    grouped = x.reshape(x.shape[:axis] + (size // group_size, group_size) + x.shape[axis + 1:])
+      raise ValueError(f"group_size {group_size} must divide axis {axis} of size {size}")
+    grouped = x.reshape(x.shape[:axis] + (size // group_size, group_size) + x.shape[axis + 1 :])
     return reducer(grouped, axis=axis + 1)
-  raise ValueError(f'unknown granularity {granularity!r}')
+  raise ValueError(f"unknown granularity {granularity!r}")
 
 
 def expand_groups(param: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -170,7 +179,7 @@ def expand_groups(param: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   for ax, (p, n) in enumerate(zip(param.shape, shape)):
     if p not in (1, n):
       if n % p:
-        raise ValueError(f'parameter shape {param.shape} does not tile tensor shape {shape}')
+        raise ValueError(f"parameter shape {param.shape} does not tile tensor shape {shape}")
       param = jnp.repeat(param, n // p, axis=ax)
   return param
 
@@ -185,8 +194,9 @@ def range_stats(x: jax.Array, **layout) -> tuple[jax.Array, jax.Array]:
 # Quantization parameters.
 
 
-def qparams_from_range(x_min, x_max, bits, *, symmetric: bool,
-                       clip_ratio=1.0) -> tuple[jax.Array, jax.Array]:
+def qparams_from_range(
+  x_min, x_max, bits, *, symmetric: bool, clip_ratio=1.0
+) -> tuple[jax.Array, jax.Array]:
   """(scale, zero_point) float32 from a (calibrated or measured) range, broadcast together.
 
   ``clip_ratio`` (scalar or per-group array in (0, 1]) shrinks the range before fitting it.
@@ -203,18 +213,31 @@ def qparams_from_range(x_min, x_max, bits, *, symmetric: bool,
   return scale, zero_point
 
 
-def compute_qparams(x: jax.Array, bits, *, symmetric: bool = True,
-                    granularity: Granularity = 'per_tensor', axis: int = -1,
-                    group_size: int | None = None, clip_ratio=1.0) -> tuple[jax.Array, jax.Array]:
+def compute_qparams(
+  x: jax.Array,
+  bits,
+  *,
+  symmetric: bool = True,
+  granularity: Granularity = "per_tensor",
+  axis: int = -1,
+  group_size: int | None = None,
+  clip_ratio=1.0,
+) -> tuple[jax.Array, jax.Array]:
   """(scale, zero_point) float32 of the parameter shape, fitted to the range of ``x``."""
   x_min, x_max = range_stats(x, granularity=granularity, axis=axis, group_size=group_size)
   return qparams_from_range(x_min, x_max, bits, symmetric=symmetric, clip_ratio=clip_ratio)
 
 
-def search_clip_ratio(x: jax.Array, bits, *, symmetric: bool = True,
-                      granularity: Granularity = 'per_channel', axis: int = -1,
-                      group_size: int | None = None, ratios=DEFAULT_CLIP_RATIOS
-                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def search_clip_ratio(
+  x: jax.Array,
+  bits,
+  *,
+  symmetric: bool = True,
+  granularity: Granularity = "per_channel",
+  axis: int = -1,
+  group_size: int | None = None,
+  ratios=DEFAULT_CLIP_RATIOS,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Per scale group, the clip ratio in ``ratios`` with the least squared quantization error.
 
   Scans the grid (memory of one fake-quantized copy of ``x``) keeping the first ratio of least
@@ -230,10 +253,12 @@ def search_clip_ratio(x: jax.Array, bits, *, symmetric: bool = True,
   ratios = jnp.asarray(ratios, jnp.float32)
 
   def candidate(ratio):
-    scale, zero_point = qparams_from_range(x_min, x_max, bits, symmetric=symmetric,
-                                           clip_ratio=ratio)
-    error = reduce_groups(jnp.square(fake_quant(x, scale, zero_point, bits, symmetric=symmetric)
-                                     - x), jnp.sum, **layout)
+    scale, zero_point = qparams_from_range(
+      x_min, x_max, bits, symmetric=symmetric, clip_ratio=ratio
+    )
+    error = reduce_groups(
+      jnp.square(fake_quant(x, scale, zero_point, bits, symmetric=symmetric) - x), jnp.sum, **layout
+    )
     return error, scale, zero_point, jnp.full_like(scale, ratio)
 
   def keep_better(best, ratio):
@@ -261,8 +286,9 @@ def _codes(x, scale, zero_point, bits, symmetric):
   return codes, scale, zero_point
 
 
-def fake_quant(x: jax.Array, scale, zero_point, bits, *, symmetric: bool,
-               enabled=True) -> jax.Array:
+def fake_quant(
+  x: jax.Array, scale, zero_point, bits, *, symmetric: bool, enabled=True
+) -> jax.Array:
   """Quantize-dequantize ``x`` (any shape/dtype) with given parameters; returns x's dtype.
 
   Args:
@@ -309,12 +335,14 @@ def fake_quant_tensor(x: jax.Array, bits, config: QuantizerConfig, *, enabled=Tr
   is traced; ``config.bits`` is not read (it is the layer's default). Returns x's dtype.
   """
   if config.clip_search:
-    scale, zero_point, _ = search_clip_ratio(x, bits, symmetric=config.symmetric,
-                                             ratios=config.clip_ratios, **config.layout)
+    scale, zero_point, _ = search_clip_ratio(
+      x, bits, symmetric=config.symmetric, ratios=config.clip_ratios, **config.layout
+    )
   else:
     scale, zero_point = compute_qparams(x, bits, symmetric=config.symmetric, **config.layout)
-  return fake_quant(x, scale, zero_point, bits, symmetric=config.symmetric,
-                    enabled=enabled & config.enabled)
+  return fake_quant(
+    x, scale, zero_point, bits, symmetric=config.symmetric, enabled=enabled & config.enabled
+  )
 
 
 def quantize_per_token(x: jax.Array, bits) -> tuple[jax.Array, jax.Array]:
@@ -323,12 +351,13 @@ def quantize_per_token(x: jax.Array, bits) -> tuple[jax.Array, jax.Array]:
   Returns:
     (codes int8 of x's shape, scale float32 of shape x.shape[:-1] + (1,)).
   """
-  scale, zero_point = compute_qparams(x, bits, symmetric=True, granularity='per_token')
+  scale, zero_point = compute_qparams(x, bits, symmetric=True, granularity="per_token")
   return quantize_int(x, scale, zero_point, bits, symmetric=True), scale
 
 
-def fake_quant_static(x: jax.Array, x_min, x_max, bits, *, symmetric: bool = False,
-                      enabled=True) -> jax.Array:
+def fake_quant_static(
+  x: jax.Array, x_min, x_max, bits, *, symmetric: bool = False, enabled=True
+) -> jax.Array:
   """Fake-quantizes with a calibrated range (default: static per-tensor asymmetric)."""
   scale, zero_point = qparams_from_range(x_min, x_max, bits, symmetric=symmetric)
   return fake_quant(x, scale, zero_point, bits, symmetric=symmetric, enabled=enabled)

@@ -22,13 +22,13 @@ import re
 
 from quantface_jax.quant.rules import LayerQuantConfig, Rule, default_rules
 
-BITS = ('W8A8', 'W6A6', 'W4A6', 'W4A4')
+BITS = ("W8A8", "W6A6", "W4A6", "W4A4")
 _BODIES = {
-    'rtn': LayerQuantConfig(clip_search=False),
-    'smoothquant': LayerQuantConfig(smooth=True, alpha=0.5),
-    'rotate': LayerQuantConfig(rotate=True),
-    'svdquant': LayerQuantConfig(smooth=True, alpha=0.5, low_rank=16),
-    'quantface': LayerQuantConfig(smooth=True, alpha='search', rotate=True, low_rank=16),
+  "rtn": LayerQuantConfig(clip_search=False),
+  "smoothquant": LayerQuantConfig(smooth=True, alpha=0.5),
+  "rotate": LayerQuantConfig(rotate=True),
+  "svdquant": LayerQuantConfig(smooth=True, alpha=0.5, low_rank=16),
+  "quantface": LayerQuantConfig(smooth=True, alpha="search", rotate=True, low_rank=16),
 }
 RECIPES = tuple(_BODIES)
 
@@ -55,35 +55,54 @@ class Recipe:
 
 
 def parse_bits(bits: str) -> tuple[int, int]:
-  """"W4A6" -> (4, 6)."""
-  m = re.fullmatch(r'W(\d+)A(\d+)', bits.upper())
+  """ "W4A6" -> (4, 6)."""
+  m = re.fullmatch(r"W(\d+)A(\d+)", bits.upper())
   if not m:
     raise ValueError(f'bits must look like "W4A4", got {bits!r}')
   return int(m.group(1)), int(m.group(2))
 
 
-def get_recipe(name: str, bits: str = 'W4A4', *, seed: int = 0,
-               calibration: CalibrationSettings = CalibrationSettings(), **overrides) -> Recipe:
+def get_recipe(
+  name: str,
+  bits: str = "W4A4",
+  *,
+  seed: int = 0,
+  calibration: CalibrationSettings = CalibrationSettings(),
+  **overrides,
+) -> Recipe:
   """A named recipe at ``bits``; ``overrides`` replace fields of the body LayerQuantConfig
   (e.g. ``a_mode="dynamic"``, ``alpha="search"``, ``low_rank=32``)."""
   if name not in _BODIES:
-    raise ValueError(f'unknown recipe {name!r}; choose from {RECIPES}')
+    raise ValueError(f"unknown recipe {name!r}; choose from {RECIPES}")
   w_bits, a_bits = parse_bits(bits)
   body = _BODIES[name].replace(w_bits=w_bits, a_bits=a_bits, **overrides)
-  return Recipe(name=f'{name}-{bits.upper()}', rules=default_rules(body), seed=seed,
-                calibration=calibration)
+  return Recipe(
+    name=f"{name}-{bits.upper()}", rules=default_rules(body), seed=seed, calibration=calibration
+  )
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:
   """A JSON-ready dict of every setting of ``recipe`` (inverse: :func:`recipe_from_dict`)."""
-  rules = [[pattern, None if config is None else dataclasses.asdict(config)]
-           for pattern, config in recipe.rules]
-  return dict(name=recipe.name, seed=recipe.seed, rules=rules,
-              calibration=dataclasses.asdict(recipe.calibration))
+  rules = [
+    [pattern, None if config is None else dataclasses.asdict(config)]
+    for pattern, config in recipe.rules
+  ]
+  return dict(
+    name=recipe.name,
+    seed=recipe.seed,
+    rules=rules,
+    calibration=dataclasses.asdict(recipe.calibration),
+  )
 
 
 def recipe_from_dict(data: dict) -> Recipe:
-  rules = tuple((pattern, None if config is None else LayerQuantConfig(**config))
-                for pattern, config in data['rules'])
-  return Recipe(name=data['name'], rules=rules, seed=data['seed'],
-                calibration=CalibrationSettings(**data['calibration']))
+  rules = tuple(
+    (pattern, None if config is None else LayerQuantConfig(**config))
+    for pattern, config in data["rules"]
+  )
+  return Recipe(
+    name=data["name"],
+    rules=rules,
+    seed=data["seed"],
+    calibration=CalibrationSettings(**data["calibration"]),
+  )

@@ -16,8 +16,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from quantface_jax.quant import hadamard
-from quantface_jax.quant import quantizers
+from quantface_jax.quant import hadamard, quantizers
 
 # α grid searched by default: 0, 0.05, ..., 1.
 DEFAULT_ALPHAS = tuple(round(0.05 * i, 2) for i in range(21))
@@ -52,11 +51,12 @@ def smoothing_scales(act_absmax: jax.Array, w: jax.Array, alpha) -> jax.Array:
   """
   a = jnp.maximum(jnp.asarray(act_absmax, jnp.float32), _MIN_ABSMAX)
   w_max = jnp.maximum(weight_channel_absmax(w), _MIN_ABSMAX)
-  return jnp.clip(a ** alpha / w_max ** (1.0 - alpha), *_SCALE_RANGE)
+  return jnp.clip(a**alpha / w_max ** (1.0 - alpha), *_SCALE_RANGE)
 
 
-def balance_weight(w: jax.Array, scales: jax.Array | None,
-                   rotation: hadamard.RotationSpec | None = None) -> jax.Array:
+def balance_weight(
+  w: jax.Array, scales: jax.Array | None, rotation: hadamard.RotationSpec | None = None
+) -> jax.Array:
   """Ŵ = Qᵀ·diag(s)·W over the d_in axis of a (*taps, d_in, d_out) weight; w's dtype."""
   out = jnp.asarray(w, jnp.float32)
   if scales is not None:
@@ -66,8 +66,9 @@ def balance_weight(w: jax.Array, scales: jax.Array | None,
   return out.astype(jnp.asarray(w).dtype)
 
 
-def balance_input(x: jax.Array, scales: jax.Array | None,
-                  rotation: hadamard.RotationSpec | None = None) -> jax.Array:
+def balance_input(
+  x: jax.Array, scales: jax.Array | None, rotation: hadamard.RotationSpec | None = None
+) -> jax.Array:
   """x̂ = x·diag(s)⁻¹·Q over the last axis of (..., d_in); x's dtype."""
   out = jnp.asarray(x, jnp.float32)
   if scales is not None:
@@ -82,10 +83,17 @@ def _layer_output(x: jax.Array, w: jax.Array) -> jax.Array:
   return jnp.tensordot(x, w, axes=w.ndim - 1, precision=jax.lax.Precision.HIGHEST)
 
 
-def balanced_quant_error(x_sample: jax.Array, w: jax.Array, scales: jax.Array | None, w_bits,
-                         a_bits, *, rotation: hadamard.RotationSpec | None = None,
-                         w_config: quantizers.QuantizerConfig = SEARCH_WEIGHT_CONFIG,
-                         a_config: quantizers.QuantizerConfig = SEARCH_ACT_CONFIG) -> jax.Array:
+def balanced_quant_error(
+  x_sample: jax.Array,
+  w: jax.Array,
+  scales: jax.Array | None,
+  w_bits,
+  a_bits,
+  *,
+  rotation: hadamard.RotationSpec | None = None,
+  w_config: quantizers.QuantizerConfig = SEARCH_WEIGHT_CONFIG,
+  a_config: quantizers.QuantizerConfig = SEARCH_ACT_CONFIG,
+) -> jax.Array:
   """Scalar float32 mean ‖x·W − Q_a(x̂)·Q_w(Ŵ)‖² over the (n, d_out) output.
 
   ``scales=None`` and ``rotation=None`` give plain round-to-nearest. Activation parameters are
@@ -98,15 +106,22 @@ def balanced_quant_error(x_sample: jax.Array, w: jax.Array, scales: jax.Array | 
   return jnp.mean(jnp.square(_layer_output(x_sample, w) - _layer_output(x_q, w_q)))
 
 
-@functools.partial(jax.jit, static_argnames=('rotation', 'w_config', 'a_config',
-                                             'alpha_batch_size'))
-def search_alpha(x_sample: jax.Array, w: jax.Array, w_bits, a_bits, *,
-                 rotation: hadamard.RotationSpec | None = None, alphas=DEFAULT_ALPHAS,
-                 act_absmax: jax.Array | None = None,
-                 w_config: quantizers.QuantizerConfig = SEARCH_WEIGHT_CONFIG,
-                 a_config: quantizers.QuantizerConfig = SEARCH_ACT_CONFIG,
-                 alpha_batch_size: int | None = None
-                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
+@functools.partial(
+  jax.jit, static_argnames=("rotation", "w_config", "a_config", "alpha_batch_size")
+)
+def search_alpha(
+  x_sample: jax.Array,
+  w: jax.Array,
+  w_bits,
+  a_bits,
+  *,
+  rotation: hadamard.RotationSpec | None = None,
+  alphas=DEFAULT_ALPHAS,
+  act_absmax: jax.Array | None = None,
+  w_config: quantizers.QuantizerConfig = SEARCH_WEIGHT_CONFIG,
+  a_config: quantizers.QuantizerConfig = SEARCH_ACT_CONFIG,
+  alpha_batch_size: int | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """The α of ``alphas`` whose balancing (then rotation) gives the least quantized-output MSE.
 
   Args:
@@ -127,8 +142,16 @@ def search_alpha(x_sample: jax.Array, w: jax.Array, w_bits, a_bits, *,
   alphas = jnp.asarray(alphas, jnp.float32)
 
   def error(alpha):
-    return balanced_quant_error(x_sample, w, smoothing_scales(act_absmax, w, alpha), w_bits,
-                                a_bits, rotation=rotation, w_config=w_config, a_config=a_config)
+    return balanced_quant_error(
+      x_sample,
+      w,
+      smoothing_scales(act_absmax, w, alpha),
+      w_bits,
+      a_bits,
+      rotation=rotation,
+      w_config=w_config,
+      a_config=a_config,
+    )
 
   if alpha_batch_size is None:
     errors = jax.vmap(error)(alphas)

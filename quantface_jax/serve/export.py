@@ -27,7 +27,7 @@ import json
 import math
 import os
 import pathlib
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import numpy as np
@@ -41,20 +41,21 @@ from quantface_jax.models.layers import Conv2d, Linear
 from quantface_jax.models.osdface import OSDFace, abstract, count_params
 from quantface_jax.quant import rules as rules_lib
 from quantface_jax.quant.api import quant_layers
-from quantface_jax.quant.export import load_quantized, read_manifest as read_qdir_manifest
+from quantface_jax.quant.export import load_quantized
+from quantface_jax.quant.export import read_manifest as read_qdir_manifest
 from quantface_jax.quant.recipes import Recipe, recipe_from_dict, recipe_to_dict
 from quantface_jax.serve.layers import INT_LAYERS, IntConv2d, IntLayerSpec, IntLinear, int_layer
 
-SERVE_FORMAT = 'quantface-serve'
+SERVE_FORMAT = "quantface-serve"
 SERVE_VERSION = 1
-CONFIG_FILE = 'config.json'
-WEIGHTS_FILE = 'weights.safetensors'
-MANIFEST_FILE = 'manifest.json'
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+MANIFEST_FILE = "manifest.json"
 # Arrays that make up a layer's stored weight (codes, scales, zero-point column sums).
-_WEIGHT_ARRAYS = ('weight', 'w_scale', 'w_colsum')
+_WEIGHT_ARRAYS = ("weight", "w_scale", "w_colsum")
 
 
-def serve_model(model: OSDFace, *, backend: str = 'auto', inplace: bool = False) -> OSDFace:
+def serve_model(model: OSDFace, *, backend: str = "auto", inplace: bool = False) -> OSDFace:
   """``model`` (quantized, e.g. from ``load_quantized``) with every quantized layer replaced by its
   integer serving layer (cloned first unless ``inplace``). ``backend``: see ``kernels.dispatch``."""
   model = model if inplace else nnx.clone(model)
@@ -67,51 +68,74 @@ def _int_layers(model: nnx.Module) -> dict[str, IntLinear | IntConv2d]:
   return dict(rules_lib.iter_layers(model, INT_LAYERS))
 
 
-def save_served(model: OSDFace, out_dir: str | os.PathLike, *, recipe: Recipe, base_ckpt: str,
-                calibration_info: Mapping | None = None, source: str | None = None,
-                overwrite: bool = True) -> pathlib.Path:
+def save_served(
+  model: OSDFace,
+  out_dir: str | os.PathLike,
+  *,
+  recipe: Recipe,
+  base_ckpt: str,
+  calibration_info: Mapping | None = None,
+  source: str | None = None,
+  overwrite: bool = True,
+) -> pathlib.Path:
   """Writes the SERVE_DIR of a serving ``model`` (from :func:`serve_model`); returns it."""
   out_dir = pathlib.Path(out_dir).absolute()
   layers = _int_layers(model)
-  tensors = {k: np.asarray(jax.device_get(v)) for k, v in checkpoint.flat_params(model, ...).items()}
-  manifest = dict(format=SERVE_FORMAT, version=SERVE_VERSION,
-                  layers={p: m.spec.to_dict() for p, m in layers.items()},
-                  bits={p: [m.spec.w_bits, int(m.a_bits[...])] for p, m in layers.items()},
-                  recipe=recipe_to_dict(recipe), calibration=dict(calibration_info or {}),
-                  base_checkpoint=str(base_ckpt), source=source)
+  tensors = {
+    k: np.asarray(jax.device_get(v)) for k, v in checkpoint.flat_params(model, ...).items()
+  }
+  manifest = dict(
+    format=SERVE_FORMAT,
+    version=SERVE_VERSION,
+    layers={p: m.spec.to_dict() for p, m in layers.items()},
+    bits={p: [m.spec.w_bits, int(m.a_bits[...])] for p, m in layers.items()},
+    recipe=recipe_to_dict(recipe),
+    calibration=dict(calibration_info or {}),
+    base_checkpoint=str(base_ckpt),
+    source=source,
+  )
   with atomic_directory(out_dir, overwrite=overwrite) as tmp:
     (tmp / CONFIG_FILE).write_text(model.config.to_json())
     # One metadata key: safetensors writes metadata in hash-map order, so two keys would make the
     # header (and the byte-exact round trip) vary from run to run. The recipe is in the manifest.
-    safetensors.numpy.save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={'format': SERVE_FORMAT})
-    manifest['account'] = _account(tmp / WEIGHTS_FILE, manifest['layers'], model.config)
+    safetensors.numpy.save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": SERVE_FORMAT})
+    manifest["account"] = _account(tmp / WEIGHTS_FILE, manifest["layers"], model.config)
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
   return out_dir
 
 
-def export(qdir: str | os.PathLike, out_dir: str | os.PathLike, *,
-           overwrite: bool = True) -> pathlib.Path:
+def export(
+  qdir: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = True
+) -> pathlib.Path:
   """The SERVE_DIR of a QDIR (``quantface quantize`` / ``train`` output), written to ``out_dir``."""
   manifest = read_qdir_manifest(qdir)
   model = serve_model(load_quantized(qdir), inplace=True)
-  return save_served(model, out_dir, recipe=recipe_from_dict(manifest['recipe']),
-                     base_ckpt=manifest['base_checkpoint'],
-                     calibration_info=manifest['calibration'],
-                     source=str(pathlib.Path(qdir).absolute()), overwrite=overwrite)
+  return save_served(
+    model,
+    out_dir,
+    recipe=recipe_from_dict(manifest["recipe"]),
+    base_ckpt=manifest["base_checkpoint"],
+    calibration_info=manifest["calibration"],
+    source=str(pathlib.Path(qdir).absolute()),
+    overwrite=overwrite,
+  )
 
 
 def is_serve_dir(path: str | os.PathLike) -> bool:
   """Whether ``path`` holds a SERVE_DIR manifest (as opposed to a QDIR's, or none)."""
   manifest = pathlib.Path(path) / MANIFEST_FILE
-  return manifest.is_file() and json.loads(manifest.read_text()).get('format') == SERVE_FORMAT
+  return manifest.is_file() and json.loads(manifest.read_text()).get("format") == SERVE_FORMAT
 
 
 def read_manifest(serve_dir: str | os.PathLike) -> dict:
-  return checkpoint.read_manifest(serve_dir, fmt=SERVE_FORMAT, version=SERVE_VERSION, name=MANIFEST_FILE)
+  return checkpoint.read_manifest(
+    serve_dir, fmt=SERVE_FORMAT, version=SERVE_VERSION, name=MANIFEST_FILE
+  )
 
 
-def _skeleton(config: OSDFaceConfig, layers: Mapping[str, dict], backend: str,
-              where: pathlib.Path) -> OSDFace:
+def _skeleton(
+  config: OSDFaceConfig, layers: Mapping[str, dict], backend: str, where: pathlib.Path
+) -> OSDFace:
   """The abstract base model with an abstract integer layer at every manifest path."""
   model = abstract(config)
   for path, spec_dict in layers.items():
@@ -120,17 +144,22 @@ def _skeleton(config: OSDFaceConfig, layers: Mapping[str, dict], backend: str,
       base = rules_lib.get_module(model, path)
     except (AttributeError, IndexError):
       base = None
-    fp_type = Conv2d if spec.kind == 'conv' else Linear
-    if not isinstance(base, fp_type) or tuple(base.kernel.shape) != spec.kernel_shape or (
-        spec.kind == 'conv' and (base.stride, base.padding) != (spec.stride, spec.padding)):
-      raise ValueError(f'{where}: layer {path!r} ({spec.kind} {spec.kernel_shape}) does not match '
-                       f'the base model ({type(base).__name__ if base is not None else "absent"})')
-    cls = IntConv2d if spec.kind == 'conv' else IntLinear
+    fp_type = Conv2d if spec.kind == "conv" else Linear
+    if (
+      not isinstance(base, fp_type)
+      or tuple(base.kernel.shape) != spec.kernel_shape
+      or (spec.kind == "conv" and (base.stride, base.padding) != (spec.stride, spec.padding))
+    ):
+      raise ValueError(
+        f"{where}: layer {path!r} ({spec.kind} {spec.kernel_shape}) does not match "
+        f"the base model ({type(base).__name__ if base is not None else 'absent'})"
+      )
+    cls = IntConv2d if spec.kind == "conv" else IntLinear
     rules_lib.set_module(model, path, nnx.eval_shape(lambda: cls(spec, backend=backend)))
   return model
 
 
-def load_served(serve_dir: str | os.PathLike, *, backend: str = 'auto') -> OSDFace:
+def load_served(serve_dir: str | os.PathLike, *, backend: str = "auto") -> OSDFace:
   """The serving model of a SERVE_DIR; ``backend`` picks the integer kernels (``"auto"``,
   ``"xla"``, ``"pallas"``, ``"interpret"``; see ``kernels.dispatch``).
 
@@ -139,7 +168,7 @@ def load_served(serve_dir: str | os.PathLike, *, backend: str = 'auto') -> OSDFa
   serve_dir = pathlib.Path(serve_dir)
   manifest = read_manifest(serve_dir)
   config = OSDFaceConfig.from_dict(json.loads((serve_dir / CONFIG_FILE).read_text()))
-  model = _skeleton(config, manifest['layers'], backend, serve_dir / MANIFEST_FILE)
+  model = _skeleton(config, manifest["layers"], backend, serve_dir / MANIFEST_FILE)
   weights = serve_dir / WEIGHTS_FILE
   tensors = safetensors.numpy.load_file(str(weights))
   return checkpoint.fill_strict(model, tensors, weights, check_dtypes=True)
@@ -147,26 +176,30 @@ def load_served(serve_dir: str | os.PathLike, *, backend: str = 'auto') -> OSDFa
 
 def _tensor_bytes(weights_file: pathlib.Path) -> dict[str, int]:
   """Bytes of each tensor as stored, from the safetensors header (u64 length + JSON)."""
-  with open(weights_file, 'rb') as f:
-    header = json.loads(f.read(int.from_bytes(f.read(8), 'little')))
-  return {k: v['data_offsets'][1] - v['data_offsets'][0]
-          for k, v in header.items() if k != '__metadata__'}
+  with open(weights_file, "rb") as f:
+    header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+  return {
+    k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"
+  }
 
 
-def _account(weights_file: pathlib.Path, layers: Mapping[str, dict],
-             config: OSDFaceConfig) -> dict:
+def _account(weights_file: pathlib.Path, layers: Mapping[str, dict], config: OSDFaceConfig) -> dict:
   sizes = _tensor_bytes(weights_file)
   by_bits: dict[str, dict] = {}
   for path, spec in layers.items():
-    row = by_bits.setdefault(str(spec['w_bits']), dict(layers=0, packed_bytes=0, bf16_bytes=0))
-    row['layers'] += 1
-    row['packed_bytes'] += sum(sizes.get(f'{path}.{name}', 0) for name in _WEIGHT_ARRAYS)
-    row['bf16_bytes'] += 2 * math.prod(spec['kernel_shape'])
+    row = by_bits.setdefault(str(spec["w_bits"]), dict(layers=0, packed_bytes=0, bf16_bytes=0))
+    row["layers"] += 1
+    row["packed_bytes"] += sum(sizes.get(f"{path}.{name}", 0) for name in _WEIGHT_ARRAYS)
+    row["bf16_bytes"] += 2 * math.prod(spec["kernel_shape"])
   for row in by_bits.values():
-    row['ratio'] = row['packed_bytes'] / row['bf16_bytes']
+    row["ratio"] = row["packed_bytes"] / row["bf16_bytes"]
   bf16_model = 2 * count_params(abstract(config))
-  return dict(weights_by_bits=by_bits, file_bytes=sum(sizes.values()), bf16_model_bytes=bf16_model,
-              file_ratio_vs_bf16=sum(sizes.values()) / bf16_model)
+  return dict(
+    weights_by_bits=by_bits,
+    file_bytes=sum(sizes.values()),
+    bf16_model_bytes=bf16_model,
+    file_ratio_vs_bf16=sum(sizes.values()) / bf16_model,
+  )
 
 
 def packed_account(serve_dir: str | os.PathLike) -> dict:
@@ -176,4 +209,4 @@ def packed_account(serve_dir: str | os.PathLike) -> dict:
   tensor), ``bf16_model_bytes`` (the base model's parameters at 2 bytes) and their ratio."""
   serve_dir = pathlib.Path(serve_dir)
   config = OSDFaceConfig.from_dict(json.loads((serve_dir / CONFIG_FILE).read_text()))
-  return _account(serve_dir / WEIGHTS_FILE, read_manifest(serve_dir)['layers'], config)
+  return _account(serve_dir / WEIGHTS_FILE, read_manifest(serve_dir)["layers"], config)

@@ -48,16 +48,16 @@ class ServeState(nnx.Variable):
 class IntLayerSpec:
   """The static structure of one serving layer (JSON in the SERVE_DIR manifest)."""
 
-  kind: Literal['linear', 'conv']  # which layer it replaces.
+  kind: Literal["linear", "conv"]  # which layer it replaces.
   kernel_shape: tuple[int, ...]  # the FP kernel: (C_in, C_out) or HWIO (kh, kw, C_in, C_out).
   stride: int = 1  # conv only.
   padding: Padding = ((0, 0), (0, 0))  # conv only: ((top, bottom), (left, right)).
   w_bits: int  # weight width 2..8: <= 4 packs two codes per byte, else one int8 each.
-  a_mode: Literal['static', 'dynamic']  # per-tensor calibrated range, or per-token live scales.
+  a_mode: Literal["static", "dynamic"]  # per-tensor calibrated range, or per-token live scales.
   a_symmetric: bool  # static only: zero point 0 (no zero-point correction).
   smooth: bool  # per-input-channel smoothing scales.
   rotate: bool  # randomized Hadamard rotation of the input channels.
-  rotation_impl: Literal['fast', 'dense'] = 'fast'  # butterfly, or a stored dense Q.
+  rotation_impl: Literal["fast", "dense"] = "fast"  # butterfly, or a stored dense Q.
   low_rank: int = 0  # rank r of the float branch x̂·L1·L2 (0: none).
   bias: bool = True  # whether the layer has a bias.
 
@@ -74,9 +74,12 @@ class IntLayerSpec:
     return dataclasses.asdict(self)
 
   @classmethod
-  def from_dict(cls, data: dict) -> 'IntLayerSpec':
-    data = dict(data, kernel_shape=tuple(data['kernel_shape']),
-                padding=tuple(tuple(p) for p in data['padding']))
+  def from_dict(cls, data: dict) -> IntLayerSpec:
+    data = dict(
+      data,
+      kernel_shape=tuple(data["kernel_shape"]),
+      padding=tuple(tuple(p) for p in data["padding"]),
+    )
     return cls(**data)
 
 
@@ -124,28 +127,37 @@ class _IntLayer(nnx.Module):
   # The fake-quant layer's balancing, verbatim: x̂ must match it bit for bit.
   balance = _QuantLayer.balance
 
-  def __init__(self, spec: IntLayerSpec, arrays: dict[str, jax.Array] | None = None, *,
-               backend: str = 'auto'):
+  def __init__(
+    self, spec: IntLayerSpec, arrays: dict[str, jax.Array] | None = None, *, backend: str = "auto"
+  ):
     """``arrays``: the tensors above by name; None: zeros of the right shapes (a skeleton)."""
     self.spec = spec
     self.backend = backend
     c_in, n, r = spec.kernel_shape[-2], spec.n, spec.low_rank
     shape, dtype = weight_storage_shape(spec)
-    present = {'weight': (shape, dtype), 'w_scale': ((n,), np.float32), 'a_bits': ((), np.int32),
-               'bias': ((n,), np.float32) if spec.bias else None,
-               'smooth': ((c_in,), np.float32) if spec.smooth else None,
-               'rotation_signs': ((c_in,), np.int8) if spec.rotate else None,
-               'rotation_matrix': ((c_in, c_in), np.float32)
-                                  if spec.rotate and spec.rotation_impl == 'dense' else None,
-               'low_rank_down': ((spec.k, r), np.float32) if r else None,
-               'low_rank_up': ((r, n), np.float32) if r else None,
-               'a_scale': ((), np.float32) if spec.a_mode == 'static' else None,
-               'a_zero': ((), np.int32) if spec.a_mode == 'static' else None,
-               'w_colsum': ((n,), np.int32) if self._has_zero_point else None}
+    present = {
+      "weight": (shape, dtype),
+      "w_scale": ((n,), np.float32),
+      "a_bits": ((), np.int32),
+      "bias": ((n,), np.float32) if spec.bias else None,
+      "smooth": ((c_in,), np.float32) if spec.smooth else None,
+      "rotation_signs": ((c_in,), np.int8) if spec.rotate else None,
+      "rotation_matrix": ((c_in, c_in), np.float32)
+      if spec.rotate and spec.rotation_impl == "dense"
+      else None,
+      "low_rank_down": ((spec.k, r), np.float32) if r else None,
+      "low_rank_up": ((r, n), np.float32) if r else None,
+      "a_scale": ((), np.float32) if spec.a_mode == "static" else None,
+      "a_zero": ((), np.int32) if spec.a_mode == "static" else None,
+      "w_colsum": ((n,), np.int32) if self._has_zero_point else None,
+    }
     arrays = arrays or {}
     for name, layout in present.items():
-      value = None if layout is None else jnp.asarray(
-          arrays[name] if name in arrays else np.zeros(*layout), layout[1])
+      value = (
+        None
+        if layout is None
+        else jnp.asarray(arrays[name] if name in arrays else np.zeros(*layout), layout[1])
+      )
       setattr(self, name, None if value is None else ServeState(value))
     # Static and unsigned (the signs are data), as in the fake-quant layer: layers of one width
     # share compiled code.
@@ -153,14 +165,15 @@ class _IntLayer(nnx.Module):
 
   @property
   def _has_zero_point(self) -> bool:
-    return self.spec.a_mode == 'static' and not self.spec.a_symmetric
+    return self.spec.a_mode == "static" and not self.spec.a_symmetric
 
   def _quantize(self, xh: jax.Array):
     """(codes int8 of xh's shape, a_scale (xh.shape[:-1]) or scalar, a_zero scalar or None)."""
     bits = self.a_bits[...]
-    if self.spec.a_mode == 'dynamic':
-      codes, scale = kernels.quantize_act(xh.reshape(-1, xh.shape[-1]), None, None, bits,
-                                          backend=self.backend)
+    if self.spec.a_mode == "dynamic":
+      codes, scale = kernels.quantize_act(
+        xh.reshape(-1, xh.shape[-1]), None, None, bits, backend=self.backend
+      )
       return codes.reshape(xh.shape), scale.reshape(xh.shape[:-1]), None
     codes = quantize_static(xh, self.a_scale[...], self.a_zero[...], bits)
     return codes, self.a_scale[...], self.a_zero[...] if self._has_zero_point else None
@@ -168,16 +181,29 @@ class _IntLayer(nnx.Module):
   def _epilogue(self, lowrank_x: jax.Array | None) -> dict:
     """The epilogue operands of ``kernels.int_matmul`` / ``int_conv2d`` besides the activation's."""
     value = lambda v: None if v is None else v[...]
-    return dict(w_scale=self.w_scale[...], bias=value(self.bias), w_colsum=value(self.w_colsum),
-                lowrank_x=lowrank_x, lowrank_l2=None if lowrank_x is None else self.low_rank_up[...])
+    return dict(
+      w_scale=self.w_scale[...],
+      bias=value(self.bias),
+      w_colsum=value(self.w_colsum),
+      lowrank_x=lowrank_x,
+      lowrank_l2=None if lowrank_x is None else self.low_rank_up[...],
+    )
 
   def _gemm(self, xh: jax.Array) -> jax.Array:
     """The layer on balanced rows xh (M, K) -> (M, N) in xh's dtype."""
     xq, a_scale, a_zero = self._quantize(xh)
-    lowrank_x = None if self.low_rank_down is None else jnp.dot(
-        xh, self.low_rank_down[...].astype(xh.dtype))
-    return kernels.int_matmul(xq, self.weight[...], a_scale=a_scale, a_zero=a_zero,
-                              out_dtype=xh.dtype, backend=self.backend, **self._epilogue(lowrank_x))
+    lowrank_x = (
+      None if self.low_rank_down is None else jnp.dot(xh, self.low_rank_down[...].astype(xh.dtype))
+    )
+    return kernels.int_matmul(
+      xq,
+      self.weight[...],
+      a_scale=a_scale,
+      a_zero=a_zero,
+      out_dtype=xh.dtype,
+      backend=self.backend,
+      **self._epilogue(lowrank_x),
+    )
 
 
 class IntLinear(_IntLayer):
@@ -205,19 +231,28 @@ class IntConv2d(_IntLayer):
     xq, a_scale, a_zero = self._quantize(xh)
     pad = ((0, 0), *spec.padding, (0, 0))
     weight = kernels.unpack_weight(self.weight[...], spec.k)  # int8 [N, K]
-    if spec.a_mode == 'static':  # pad with the zero-point code: zeros of the real domain
+    if spec.a_mode == "static":  # pad with the zero-point code: zeros of the real domain
       xq = jnp.pad(xq, pad, constant_values=jnp.asarray(0 if a_zero is None else a_zero, jnp.int8))
-      return kernels.int_conv2d(xq, weight.T.reshape(spec.kernel_shape), a_scale=a_scale,
-                                a_zero=a_zero, stride=spec.stride, padding=0, out_dtype=x.dtype,
-                                backend=self.backend, **self._epilogue(lowrank_x))
+      return kernels.int_conv2d(
+        xq,
+        weight.T.reshape(spec.kernel_shape),
+        a_scale=a_scale,
+        a_zero=a_zero,
+        stride=spec.stride,
+        padding=0,
+        out_dtype=x.dtype,
+        backend=self.backend,
+        **self._epilogue(lowrank_x),
+      )
     codes, (b, ho, wo) = im2col(jnp.pad(xq, pad), kh, kw, spec.stride)  # padding: code 0
     scales, _ = im2col(jnp.pad(a_scale, pad[:3])[..., None], kh, kw, spec.stride)
     y = None
     for tap in range(kh * kw):  # per-pixel scales: one GEMM per tap, bias/low-rank in the first
       cols = slice(tap * c_in, (tap + 1) * c_in)
       epilogue = self._epilogue(lowrank_x) if tap == 0 else dict(w_scale=self.w_scale[...])
-      part = kernels.int_matmul(codes[:, cols], weight[:, cols], a_scale=scales[:, tap],
-                                backend=self.backend, **epilogue)
+      part = kernels.int_matmul(
+        codes[:, cols], weight[:, cols], a_scale=scales[:, tap], backend=self.backend, **epilogue
+      )
       y = part if y is None else y + part
     return y.astype(x.dtype).reshape(b, ho, wo, c_out)
 
@@ -225,8 +260,9 @@ class IntConv2d(_IntLayer):
 INT_LAYERS = (IntLinear, IntConv2d)
 
 
-def int_layer(layer: QuantLinear | QuantConv2d, *, path: str = '',
-              backend: str = 'auto') -> IntLinear | IntConv2d:
+def int_layer(
+  layer: QuantLinear | QuantConv2d, *, path: str = "", backend: str = "auto"
+) -> IntLinear | IntConv2d:
   """The serving layer of one fake-quant layer (QD-LoRA layers are merged first), with the same
   codes, scales and balancing: weights quantized exactly as ``layer.quant_weight`` does.
 
@@ -238,37 +274,60 @@ def int_layer(layer: QuantLinear | QuantConv2d, *, path: str = '',
   config = layer.config
   w_bits, a_bits = int(layer.w_bits[...]), int(layer.a_bits[...])
   if not bool(layer.enabled[...]) or not (2 <= w_bits <= 8 and 2 <= a_bits <= 8):
-    raise ValueError(f'{path}: integer serving needs quantization on at W2..8/A2..8, got '
-                     f'enabled={bool(layer.enabled[...])}, W{w_bits}A{a_bits}')
+    raise ValueError(
+      f"{path}: integer serving needs quantization on at W2..8/A2..8, got "
+      f"enabled={bool(layer.enabled[...])}, W{w_bits}A{a_bits}"
+    )
   if not config.w_symmetric:
-    raise ValueError(f'{path}: integer serving needs symmetric weights (no weight zero point)')
+    raise ValueError(f"{path}: integer serving needs symmetric weights (no weight zero point)")
   kernel = layer.kernel[...]
   w_quantizer = config.weight_quantizer
   w_scale, w_zero = quantizers.qparams_from_range(
-      *quantizers.range_stats(kernel, **w_quantizer.layout), w_bits, symmetric=True,
-      clip_ratio=layer.w_clip[...])
+    *quantizers.range_stats(kernel, **w_quantizer.layout),
+    w_bits,
+    symmetric=True,
+    clip_ratio=layer.w_clip[...],
+  )
   codes = np.asarray(quantizers.quantize_int(kernel, w_scale, w_zero, w_bits, symmetric=True))
   codes_kn = codes.reshape(-1, kernel.shape[-1])
   conv = isinstance(layer, QuantConv2d)
   spec = IntLayerSpec(
-      kind='conv' if conv else 'linear', kernel_shape=tuple(kernel.shape),
-      stride=layer.stride if conv else 1, padding=layer.padding if conv else ((0, 0), (0, 0)),
-      w_bits=w_bits, a_mode=config.a_mode, a_symmetric=config.a_symmetric, smooth=config.smooth,
-      rotate=config.rotate, rotation_impl=config.rotation_impl,
-      low_rank=0 if layer.low_rank_down is None else layer.low_rank_down.shape[-1],
-      bias=layer.bias is not None)
-  arrays = dict(weight=kernels.pack_weight(codes_kn, w_bits),
-                w_scale=jnp.broadcast_to(w_scale.reshape(-1), (spec.n,)), a_bits=a_bits)
-  for name in ('bias', 'smooth', 'rotation_signs', 'rotation_matrix', 'low_rank_down',
-               'low_rank_up'):
+    kind="conv" if conv else "linear",
+    kernel_shape=tuple(kernel.shape),
+    stride=layer.stride if conv else 1,
+    padding=layer.padding if conv else ((0, 0), (0, 0)),
+    w_bits=w_bits,
+    a_mode=config.a_mode,
+    a_symmetric=config.a_symmetric,
+    smooth=config.smooth,
+    rotate=config.rotate,
+    rotation_impl=config.rotation_impl,
+    low_rank=0 if layer.low_rank_down is None else layer.low_rank_down.shape[-1],
+    bias=layer.bias is not None,
+  )
+  arrays = dict(
+    weight=kernels.pack_weight(codes_kn, w_bits),
+    w_scale=jnp.broadcast_to(w_scale.reshape(-1), (spec.n,)),
+    a_bits=a_bits,
+  )
+  for name in (
+    "bias",
+    "smooth",
+    "rotation_signs",
+    "rotation_matrix",
+    "low_rank_down",
+    "low_rank_up",
+  ):
     if getattr(layer, name, None) is not None:
       arrays[name] = getattr(layer, name)[...]
-  if config.a_mode == 'static':
-    a_scale, a_zero = quantizers.qparams_from_range(layer.a_min[...], layer.a_max[...], a_bits,
-                                                    symmetric=config.a_symmetric)
-    arrays.update(a_scale=a_scale, a_zero=int(a_zero) - (0 if config.a_symmetric
-                                                           else 2 ** (a_bits - 1)))
+  if config.a_mode == "static":
+    a_scale, a_zero = quantizers.qparams_from_range(
+      layer.a_min[...], layer.a_max[...], a_bits, symmetric=config.a_symmetric
+    )
+    arrays.update(
+      a_scale=a_scale, a_zero=int(a_zero) - (0 if config.a_symmetric else 2 ** (a_bits - 1))
+    )
     if not config.a_symmetric:
-      arrays['w_colsum'] = codes_kn.sum(0, dtype=np.int32)
+      arrays["w_colsum"] = codes_kn.sum(0, dtype=np.int32)
   cls = IntConv2d if conv else IntLinear
   return cls(spec, arrays, backend=backend)

@@ -10,22 +10,33 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import jax.numpy as jnp
 import ml_collections
 
+from quantface_jax import checkpoint
+from quantface_jax.checkpoint import load_safetensors, save_safetensors
 from quantface_jax.models.configs import PRESETS
 from quantface_jax.models.osdface import OSDFace, build
 from quantface_jax.train import fp_stages
 from quantface_jax.train.config_utils import apply_overrides
-from quantface_jax import checkpoint
-from quantface_jax.checkpoint import load_safetensors, save_safetensors
 from quantface_jax.train.mesh import make_mesh, maybe_initialize_distributed
 from quantface_jax.train.trainer import FitResult, Stage, TrainState, fit, make_optimizer
 
-__all__ = ["FitResult", "Stage", "TrainState", "apply_overrides", "fit", "load_safetensors", "make_mesh",
-           "make_optimizer", "maybe_initialize_distributed", "save_safetensors", "train_fp"]
+__all__ = [
+  "FitResult",
+  "Stage",
+  "TrainState",
+  "apply_overrides",
+  "fit",
+  "load_safetensors",
+  "make_mesh",
+  "make_optimizer",
+  "maybe_initialize_distributed",
+  "save_safetensors",
+  "train_fp",
+]
 
 
 def model_config(config: ml_collections.ConfigDict):
@@ -41,14 +52,18 @@ def initial_model(config: ml_collections.ConfigDict) -> OSDFace:
     return build(model_config(config), seed=config.seed)
   model = checkpoint.load(source)
   if model.config.resolution != config.model_resolution:
-    raise ValueError(f"init_from={source!r} is a {model.config.resolution}-px model; "
-                     f"config.model_resolution is {config.model_resolution}")
+    raise ValueError(
+      f"init_from={source!r} is a {model.config.resolution}-px model; "
+      f"config.model_resolution is {config.model_resolution}"
+    )
   return model
 
 
-def train_fp(config: ml_collections.ConfigDict, workdir: str,
-             on_stage_done: Callable[[str, FitResult], None] | None = None
-             ) -> tuple[OSDFace, dict[str, FitResult]]:
+def train_fp(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  on_stage_done: Callable[[str, FitResult], None] | None = None,
+) -> tuple[OSDFace, dict[str, FitResult]]:
   """Runs the stages of config.stages in order, skipping those already finished in `workdir`.
 
   Ends with the fp16 model in ``workdir/model/{model.safetensors,config.json}``; returns the model
@@ -61,7 +76,11 @@ def train_fp(config: ml_collections.ConfigDict, workdir: str,
   unknown = sorted(set(names) - set(fp_stages.STAGES))
   if unknown:
     raise ValueError(f"unknown stages {unknown}; known: {fp_stages.STAGES}")
-  finished = [i for i, n in enumerate(names) if os.path.exists(os.path.join(stage_dir(n), "model.safetensors"))]
+  finished = [
+    i
+    for i, n in enumerate(names)
+    if os.path.exists(os.path.join(stage_dir(n), "model.safetensors"))
+  ]
   first = finished[-1] + 1 if finished else 0
   model = load_safetensors(stage_dir(names[first - 1])) if first else initial_model(config)
 
@@ -71,16 +90,29 @@ def train_fp(config: ml_collections.ConfigDict, workdir: str,
   if {"vre", "unet", "joint"} & set(remaining):
     pairs, pair_processes = fp_stages.training_pairs(config, train)
   val = fp_stages.val_batches(config) if remaining else []
-  builders = {"vae": fp_stages.vae_stage, "vre": fp_stages.vre_stage, "unet": fp_stages.unet_stage,
-              "joint": functools.partial(fp_stages.unet_stage, name="joint")}
+  builders = {
+    "vae": fp_stages.vae_stage,
+    "vre": fp_stages.vre_stage,
+    "unet": fp_stages.unet_stage,
+    "joint": functools.partial(fp_stages.unet_stage, name="joint"),
+  }
 
   results = {}
   for i, name in enumerate(remaining, start=first):
     scfg = fp_stages.stage_config(config, name)
-    dataset, keys, processes = ((fp_stages.HQOnly(train), ("hq",), False) if name == "vae"
-                                else (pairs, ("lq", "hq"), pair_processes))
-    stream = fp_stages.batch_stream(dataset, keys, scfg.batch_size, seed=config.data.shuffle_seed + i,
-                                    workers=config.data.workers, processes=processes)
+    dataset, keys, processes = (
+      (fp_stages.HQOnly(train), ("hq",), False)
+      if name == "vae"
+      else (pairs, ("lq", "hq"), pair_processes)
+    )
+    stream = fp_stages.batch_stream(
+      dataset,
+      keys,
+      scfg.batch_size,
+      seed=config.data.shuffle_seed + i,
+      workers=config.data.workers,
+      processes=processes,
+    )
     stage = builders[name](model, config, stream, val)
     results[name] = fit(stage, scfg, workdir)
     # Every stage hands the next the model as stored, so a resumed run continues from the same bits.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import ml_collections
 
@@ -37,7 +38,9 @@ def _coerce(text: str, current: Any, key: str) -> Any:
     return text
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> ml_collections.ConfigDict:
+def apply_overrides(
+  config: ml_collections.ConfigDict, overrides: Iterable[str]
+) -> ml_collections.ConfigDict:
   """Applies ``["stage.unet.steps=100", "--config.seed=3", ...]`` in place and returns `config`.
 
   Each value is parsed to the type of the value it replaces; an unknown key raises KeyError naming it,
@@ -51,12 +54,14 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
     node = config
     for i, name in enumerate(parents):
       if not isinstance(node, ml_collections.ConfigDict) or name not in node:
-        raise KeyError(f"unknown config key {'.'.join(parents[:i + 1])!r} (in override {item!r})")
+        raise KeyError(f"unknown config key {'.'.join(parents[: i + 1])!r} (in override {item!r})")
       node = node[name]
     if not isinstance(node, ml_collections.ConfigDict):
       raise KeyError(f"unknown config key {key!r}")
     if leaf not in node and parents[-1:] != [FREE_FORM_SECTION]:
-      raise KeyError(f"unknown config key {key!r} (only `{FREE_FORM_SECTION}` sections take new keys)")
+      raise KeyError(
+        f"unknown config key {key!r} (only `{FREE_FORM_SECTION}` sections take new keys)"
+      )
     node[leaf] = _coerce(text, node.get(leaf), key)
   return config
 

@@ -54,22 +54,27 @@ class DistillPair(nnx.Module):
     self.teacher = teacher
 
 
-def distillation_terms(student: RestoreOutput, teacher: RestoreOutput, encoder: VQEncoder, *,
-                       feature_kind: str | None) -> dict[str, float]:
+def distillation_terms(
+  student: RestoreOutput, teacher: RestoreOutput, encoder: VQEncoder, *, feature_kind: str | None
+) -> dict[str, float]:
   """Unweighted losses of a student restore against the teacher's (images (B, R, R, 3) in [0, 1]).
 
   feature_kind: "l1"/"mse" distance in ``encoder``'s features, or None to skip that term.
   """
   pred, target = student.image * 2.0 - 1.0, teacher.image * 2.0 - 1.0
-  terms = {"latent": losses.mse(student.z_high, teacher.z_high), "l1": losses.l1(pred, target),
-           "sobel": losses.sobel_l1(pred, target)}
+  terms = {
+    "latent": losses.mse(student.z_high, teacher.z_high),
+    "l1": losses.l1(pred, target),
+    "sobel": losses.sobel_l1(pred, target),
+  }
   if feature_kind is not None:
     terms["feature"] = losses.feature_loss(encoder, pred, target, kind=feature_kind)
   return terms
 
 
-def distill_stage(student: OSDFace, teacher: OSDFace, config: ml_collections.ConfigDict,
-                  train_stream, val) -> Stage:
+def distill_stage(
+  student: OSDFace, teacher: OSDFace, config: ml_collections.ConfigDict, train_stream, val
+) -> Stage:
   """The QD-LoRA stage: `student` from ``to_qdlora``, `teacher` the FP model (both in float32).
 
   Reads config.compute_dtype, config.train.weights, config.train.feature_kind, config.train.remat
@@ -88,21 +93,31 @@ def distill_stage(student: OSDFace, teacher: OSDFace, config: ml_collections.Con
 
   def eval_fn(pair: DistillPair, batch):
     image = pair.student.restore(batch["lq"], dtype=dtype).image
-    return {"psnr": losses.psnr(image, batch["hq"] * 0.5 + 0.5),
-            "psnr_teacher": losses.psnr(image, pair.teacher.restore(batch["lq"], dtype=dtype).image)}
+    return {
+      "psnr": losses.psnr(image, batch["hq"] * 0.5 + 0.5),
+      "psnr_teacher": losses.psnr(image, pair.teacher.restore(batch["lq"], dtype=dtype).image),
+    }
 
-  return Stage(name=STAGE, module=DistillPair(student, teacher),
-               trainable=nnx.All(nnx.PathContains("student"), qdlora.TRAINABLE), loss_fn=loss_fn,
-               eval_fn=eval_fn, train_batches=train_stream, val_batches=val)
+  return Stage(
+    name=STAGE,
+    module=DistillPair(student, teacher),
+    trainable=nnx.All(nnx.PathContains("student"), qdlora.TRAINABLE),
+    loss_fn=loss_fn,
+    eval_fn=eval_fn,
+    train_batches=train_stream,
+    val_batches=val,
+  )
 
 
 # ------------------------------------------------------------------------------------ the pipeline
 
+
 def quant_recipe(config: ml_collections.ConfigDict) -> Recipe:
   """config.quant -> the PTQ recipe (name, bits, seed, calibration settings, body overrides)."""
   q = config.quant
-  return get_recipe(q.recipe, q.bits, seed=q.seed, calibration=CalibrationSettings(**q.calibration),
-                    **q.overrides)
+  return get_recipe(
+    q.recipe, q.bits, seed=q.seed, calibration=CalibrationSettings(**q.calibration), **q.overrides
+  )
 
 
 def export_recipe(recipe: Recipe, qcfg: ml_collections.ConfigDict) -> Recipe:
@@ -119,8 +134,14 @@ def calibration_batches(config: ml_collections.ConfigDict) -> list[np.ndarray]:
   settings = config.quant.calibration
   start = config.data.train_range[0]
   dataset = fp_stages.pair_dataset(config, range(start, start + settings.num_images))
-  batches = data_lib.iterate_batches(dataset, settings.batch_size, shuffle=False, num_epochs=1,
-                                     drop_remainder=False, workers=config.data.workers)
+  batches = data_lib.iterate_batches(
+    dataset,
+    settings.batch_size,
+    shuffle=False,
+    num_epochs=1,
+    drop_remainder=False,
+    workers=config.data.workers,
+  )
   return [lq * 2.0 - 1.0 for lq, _ in batches]
 
 
@@ -132,16 +153,32 @@ def prepare_quantized(teacher: OSDFace, config: ml_collections.ConfigDict, qdir:
     return load_quantized(qdir)
   start = time.perf_counter()
   recipe = quant_recipe(config)
-  log.info("PTQ start: %s %s on %d calibration faces", recipe.name, config.quant.bits,
-           config.quant.calibration.num_images)
+  log.info(
+    "PTQ start: %s %s on %d calibration faces",
+    recipe.name,
+    config.quant.bits,
+    config.quant.calibration.num_images,
+  )
   images = calibration_batches(config)
   settings = recipe.calibration
-  stats = calibrate(teacher, images, rules=recipe.rules, max_samples=settings.max_samples,
-                    seed=settings.seed, progress=config.train.progress)
-  quantized = quantize(teacher, recipe, calibration=stats,
-                       images=images if settings.range_pass else None)
-  save_quantized(quantized, recipe, qdir, base_ckpt=str(config.model),
-                 calibration_info=dict(num_images=settings.num_images))
+  stats = calibrate(
+    teacher,
+    images,
+    rules=recipe.rules,
+    max_samples=settings.max_samples,
+    seed=settings.seed,
+    progress=config.train.progress,
+  )
+  quantized = quantize(
+    teacher, recipe, calibration=stats, images=images if settings.range_pass else None
+  )
+  save_quantized(
+    quantized,
+    recipe,
+    qdir,
+    base_ckpt=str(config.model),
+    calibration_info=dict(num_images=settings.num_images),
+  )
   log.info("PTQ start: %s in %.0f s", qdir, time.perf_counter() - start)
   return quantized
 
@@ -160,16 +197,33 @@ def train_qdlora(config: ml_collections.ConfigDict, workdir: str) -> tuple[OSDFa
   teacher = checkpoint.load(config.model)
   quantized = prepare_quantized(teacher, config, os.path.join(workdir, "quantized"))
   q = config.qdlora
-  student = qdlora.to_qdlora(quantized, rank=q.rank, lora_rank=q.lora_rank, sigma=q.sigma,
-                             seed=q.seed, learn_scales=q.learn_scales, inplace=True)
+  student = qdlora.to_qdlora(
+    quantized,
+    rank=q.rank,
+    lora_rank=q.lora_rank,
+    sigma=q.sigma,
+    seed=q.seed,
+    learn_scales=q.learn_scales,
+    inplace=True,
+  )
   train = fp_stages.train_dataset(config)
   pairs, processes = fp_stages.training_pairs(config, train)
-  stream = fp_stages.batch_stream(pairs, ("lq", "hq"), config.train.batch_size,
-                                  seed=config.data.shuffle_seed, workers=config.data.workers, processes=processes)
+  stream = fp_stages.batch_stream(
+    pairs,
+    ("lq", "hq"),
+    config.train.batch_size,
+    seed=config.data.shuffle_seed,
+    workers=config.data.workers,
+    processes=processes,
+  )
   stage = distill_stage(student, teacher, config, stream, fp_stages.val_batches(config))
   result = fit(stage, trainer_config(config), workdir)
   merged = qdlora.merge_qdlora(result.module.student)
-  save_quantized(merged, export_recipe(quant_recipe(config), q), os.path.join(workdir, "model"),
-                 base_ckpt=str(config.model), calibration_info=dict(qdlora=q.to_dict(),
-                                                                    **result.val_metrics))
+  save_quantized(
+    merged,
+    export_recipe(quant_recipe(config), q),
+    os.path.join(workdir, "model"),
+    base_ckpt=str(config.model),
+    calibration_info=dict(qdlora=q.to_dict(), **result.val_metrics),
+  )
   return merged, result

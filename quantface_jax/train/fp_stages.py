@@ -17,9 +17,9 @@ Images in batches are (B, R, R, 3) in [-1, 1] under keys ``lq`` and ``hq``.
 from __future__ import annotations
 
 import concurrent.futures
-import threading
 import multiprocessing
-from typing import Callable
+import threading
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,9 +30,9 @@ from flax import nnx
 from quantface_jax.data import datasets as data_lib
 from quantface_jax.data import io as image_io
 from quantface_jax.data.degrade import DegradationConfig
+from quantface_jax.models.layers import Conv2d, GroupNorm, silu
 from quantface_jax.models.osdface import OSDFace
 from quantface_jax.models.unet import ResnetBlock2D, Upsample2D
-from quantface_jax.models.layers import Conv2d, GroupNorm, silu
 from quantface_jax.models.vre import VRE
 from quantface_jax.train import losses
 from quantface_jax.train.trainer import Stage
@@ -41,6 +41,7 @@ STAGES = ("vae", "vre", "unet", "joint")
 
 
 # ----------------------------------------------------------------------------------------------- data
+
 
 class HQOnly:
   """A `HQFolderDataset` view that loads only the HQ face (no degradation work): items are (hq,)."""
@@ -56,7 +57,9 @@ class HQOnly:
     return (image_io.read_image(self.dataset.files[index], self.dataset.size),)
 
 
-def _degrade_epoch_chunk(dataset: data_lib.HQFolderDataset, epoch: int, indices: list[int]) -> np.ndarray:
+def _degrade_epoch_chunk(
+  dataset: data_lib.HQFolderDataset, epoch: int, indices: list[int]
+) -> np.ndarray:
   return np.stack([dataset.load(i, epoch)[0] for i in indices]).astype(np.float16)
 
 
@@ -68,13 +71,22 @@ class DegradedCache:
   background; the first `load` waits for it.
   """
 
-  def __init__(self, dataset: data_lib.HQFolderDataset, *, epochs: int, workers: int, chunk: int = 64):
+  def __init__(
+    self, dataset: data_lib.HQFolderDataset, *, epochs: int, workers: int, chunk: int = 64
+  ):
     self.dataset = dataset
     self.epochs = epochs
     n = len(dataset)
-    self._pool = concurrent.futures.ProcessPoolExecutor(max(1, workers), mp_context=multiprocessing.get_context("spawn"))
-    self._futures = [[self._pool.submit(_degrade_epoch_chunk, dataset, e, list(range(s, min(s + chunk, n))))
-                      for s in range(0, n, chunk)] for e in range(epochs)]
+    self._pool = concurrent.futures.ProcessPoolExecutor(
+      max(1, workers), mp_context=multiprocessing.get_context("spawn")
+    )
+    self._futures = [
+      [
+        self._pool.submit(_degrade_epoch_chunk, dataset, e, list(range(s, min(s + chunk, n))))
+        for s in range(0, n, chunk)
+      ]
+      for e in range(epochs)
+    ]
     self._lq: np.ndarray | None = None
     self._hq: np.ndarray | None = None
     self._lock = threading.Lock()  # loader threads call load() concurrently; one of them gathers
@@ -82,7 +94,9 @@ class DegradedCache:
   def _ready(self) -> None:
     with self._lock:
       if self._hq is None:
-        self._lq = np.stack([np.concatenate([f.result() for f in per_epoch]) for per_epoch in self._futures])
+        self._lq = np.stack(
+          [np.concatenate([f.result() for f in per_epoch]) for per_epoch in self._futures]
+        )
         self._pool.shutdown()
         self._hq = np.stack([image_io.read_image(f, self.dataset.size) for f in self.dataset.files])
 
@@ -95,15 +109,26 @@ class DegradedCache:
 
 
 def degradation_config(cfg: ml_collections.ConfigDict) -> DegradationConfig:
-  return DegradationConfig(blur_sigma=tuple(cfg.blur_sigma), downsample=tuple(cfg.downsample),
-                           noise_sigma=tuple(cfg.noise_sigma), jpeg_quality=tuple(cfg.jpeg_quality))
+  return DegradationConfig(
+    blur_sigma=tuple(cfg.blur_sigma),
+    downsample=tuple(cfg.downsample),
+    noise_sigma=tuple(cfg.noise_sigma),
+    jpeg_quality=tuple(cfg.jpeg_quality),
+  )
 
 
-def pair_dataset(config: ml_collections.ConfigDict, indices, *, hflip: bool = False) -> data_lib.HQFolderDataset:
+def pair_dataset(
+  config: ml_collections.ConfigDict, indices, *, hflip: bool = False
+) -> data_lib.HQFolderDataset:
   """(lq, hq) pairs of `indices`, mirrored at random when `hflip`."""
-  return data_lib.HQFolderDataset(config.data.root, config.model_resolution, indices=list(indices),
-                                  degradation=degradation_config(config.data.degradation),
-                                  seed=config.data.degradation_seed, hflip=hflip)
+  return data_lib.HQFolderDataset(
+    config.data.root,
+    config.model_resolution,
+    indices=list(indices),
+    degradation=degradation_config(config.data.degradation),
+    seed=config.data.degradation_seed,
+    hflip=hflip,
+  )
 
 
 def train_dataset(config: ml_collections.ConfigDict) -> data_lib.HQFolderDataset:
@@ -124,15 +149,29 @@ def training_pairs(config: ml_collections.ConfigDict, train: data_lib.HQFolderDa
   return train, True
 
 
-def batch_stream(dataset, keys: tuple[str, ...], batch_size: int, *, seed: int, workers: int,
-                 processes: bool = False) -> Callable[[int], object]:
+def batch_stream(
+  dataset,
+  keys: tuple[str, ...],
+  batch_size: int,
+  *,
+  seed: int,
+  workers: int,
+  processes: bool = False,
+) -> Callable[[int], object]:
   """start_step -> iterator of {key: (B, R, R, 3) in [-1, 1]} for this process (a 1/process_count share);
   `processes`: load in worker processes (see `iterate_batches`)."""
   local = batch_size // jax.process_count()
 
   def from_step(start_step: int):
-    it = data_lib.iterate_batches(dataset, local, seed=seed * 1009 + jax.process_index(),
-                                  start_step=start_step, workers=workers, prefetch=4, processes=processes)
+    it = data_lib.iterate_batches(
+      dataset,
+      local,
+      seed=seed * 1009 + jax.process_index(),
+      start_step=start_step,
+      workers=workers,
+      prefetch=4,
+      processes=processes,
+    )
     return (_to_model_range(fields, keys) for fields in it)
 
   return from_step
@@ -142,12 +181,21 @@ def val_batches(config: ml_collections.ConfigDict) -> list[dict[str, np.ndarray]
   """The fixed validation set (epoch-0 degradations), in batches, in memory."""
   start = config.data.val_start
   dataset = pair_dataset(config, range(start, start + config.data.num_val))
-  return [_to_model_range(fields, ("lq", "hq")) for fields in data_lib.iterate_batches(
-      dataset, config.data.val_batch_size, shuffle=False, drop_remainder=False, num_epochs=1,
-      workers=config.data.workers)]
+  return [
+    _to_model_range(fields, ("lq", "hq"))
+    for fields in data_lib.iterate_batches(
+      dataset,
+      config.data.val_batch_size,
+      shuffle=False,
+      drop_remainder=False,
+      num_epochs=1,
+      workers=config.data.workers,
+    )
+  ]
 
 
 # --------------------------------------------------------------------------------------------- stages
+
 
 def _dtype(cfg) -> jnp.dtype:
   return jnp.dtype(cfg.compute_dtype)
@@ -158,7 +206,11 @@ def _to_unit(x: jax.Array) -> jax.Array:
 
 
 def _pixel_terms(pred: jax.Array, hq: jax.Array) -> dict[str, jax.Array]:
-  return {"l1": losses.l1(pred, hq), "mse": losses.mse(pred, hq), "sobel": losses.sobel_l1(pred, hq)}
+  return {
+    "l1": losses.l1(pred, hq),
+    "mse": losses.mse(pred, hq),
+    "sobel": losses.sobel_l1(pred, hq),
+  }
 
 
 def vae_stage(model: OSDFace, config, train_stream, val) -> Stage:
@@ -169,16 +221,25 @@ def vae_stage(model: OSDFace, config, train_stream, val) -> Stage:
     mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
     z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape)
     recon = model.vae.decode(z.astype(dtype)).astype(jnp.float32)
-    terms = {**_pixel_terms(recon, batch["hq"]),
-             "kl": 0.5 * jnp.mean(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)}
+    terms = {
+      **_pixel_terms(recon, batch["hq"]),
+      "kl": 0.5 * jnp.mean(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar),
+    }
     return losses.weighted_sum(terms, w), terms
 
   def eval_fn(model: OSDFace, batch):
     recon = model.vae.decode(model.vae.encode(batch["hq"].astype(dtype))).astype(jnp.float32)
     return {"psnr": losses.psnr(_to_unit(recon), _to_unit(batch["hq"]))}
 
-  return Stage(name="vae", module=model, trainable=nnx.PathContains("vae"), loss_fn=loss_fn, eval_fn=eval_fn,
-               train_batches=train_stream, val_batches=val)
+  return Stage(
+    name="vae",
+    module=model,
+    trainable=nnx.PathContains("vae"),
+    loss_fn=loss_fn,
+    eval_fn=eval_fn,
+    train_batches=train_stream,
+    val_batches=val,
+  )
 
 
 class TokenDecoder(nnx.Module):
@@ -187,7 +248,9 @@ class TokenDecoder(nnx.Module):
   def __init__(self, embed_dim: int, widths: tuple[int, ...], *, groups: int, rngs: nnx.Rngs):
     self.conv_in = Conv2d(embed_dim, widths[0], 3, padding=1, rngs=rngs)
     kw = dict(temb_channels=None, groups=groups, eps=1e-6, rngs=rngs)
-    self.blocks = nnx.List([ResnetBlock2D(widths[max(i - 1, 0)], w, **kw) for i, w in enumerate(widths)])
+    self.blocks = nnx.List(
+      [ResnetBlock2D(widths[max(i - 1, 0)], w, **kw) for i, w in enumerate(widths)]
+    )
     self.upsamplers = nnx.List([Upsample2D(w, rngs=rngs) for w in widths[:-1]])
     self.norm_out = GroupNorm(groups, widths[-1], eps=1e-6)
     self.conv_out = Conv2d(widths[-1], 3, 3, padding=1, rngs=rngs)
@@ -207,9 +270,13 @@ class VQAutoencoder(nnx.Module):
   def __init__(self, vre: VRE, *, decoder_widths: tuple[int, ...], rngs: nnx.Rngs):
     cfg = vre.config
     if 2 ** (len(decoder_widths) - 1) * cfg.token_grid != cfg.resolution:
-      raise ValueError(f"decoder_widths {decoder_widths}: need {len(cfg.ch_mult)} levels to reach {cfg.resolution} px")
+      raise ValueError(
+        f"decoder_widths {decoder_widths}: need {len(cfg.ch_mult)} levels to reach {cfg.resolution} px"
+      )
     self.vre = vre
-    self.decoder = TokenDecoder(cfg.embed_dim, decoder_widths, groups=cfg.norm_num_groups, rngs=rngs)
+    self.decoder = TokenDecoder(
+      cfg.embed_dim, decoder_widths, groups=cfg.norm_num_groups, rngs=rngs
+    )
 
   def __call__(self, lq: jax.Array, dtype=jnp.float32):
     """(reconstruction (B, R, R, 3), encoder latents z (B, P, D), chosen codes (B, P, D), code ids (B, P))."""
@@ -238,15 +305,20 @@ def code_pull(z: jax.Array, codebook: jax.Array) -> jax.Array:
   encoder has drifted away from come back into use (against codebook collapse).
   """
   z = z.reshape(-1, z.shape[-1])
-  d = (jnp.sum(codebook * codebook, -1)[:, None] + jnp.sum(z * z, -1)[None]
-       - 2.0 * jnp.dot(codebook, z.T, precision=jax.lax.Precision.HIGHEST))
+  d = (
+    jnp.sum(codebook * codebook, -1)[:, None]
+    + jnp.sum(z * z, -1)[None]
+    - 2.0 * jnp.dot(codebook, z.T, precision=jax.lax.Precision.HIGHEST)
+  )
   return jnp.mean(jnp.min(d, axis=1)) / z.shape[-1]
 
 
 def vre_stage(model: OSDFace, config, train_stream, val) -> Stage:
   scfg = config.stage.vre
   w, dtype = scfg.weights, _dtype(config)
-  module = VQAutoencoder(model.vre, decoder_widths=tuple(scfg.decoder_widths), rngs=nnx.Rngs(config.seed + 1))
+  module = VQAutoencoder(
+    model.vre, decoder_widths=tuple(scfg.decoder_widths), rngs=nnx.Rngs(config.seed + 1)
+  )
   init_codebook(model.vre, next(train_stream(0))["lq"], config.seed)
 
   def loss_fn(module: VQAutoencoder, batch, rng):
@@ -254,20 +326,33 @@ def vre_stage(model: OSDFace, config, train_stream, val) -> Stage:
     recon, z, codes, idx = module(batch["lq"], dtype)
     counts = jnp.zeros((module.vre.config.n_embed,), jnp.float32).at[idx.reshape(-1)].add(1.0)
     p = counts / counts.sum()
-    terms = {**_pixel_terms(recon, batch["hq"]),
-             "codebook": losses.mse(jax.lax.stop_gradient(z), codes),
-             "commit": losses.mse(z, jax.lax.stop_gradient(codes)),
-             "code_pull": code_pull(jax.lax.stop_gradient(z), module.vre.quantize.embedding.embedding[...])}
-    usage = {"codes_used": jnp.sum(counts > 0).astype(jnp.float32),
-             "perplexity": jnp.exp(-jnp.sum(p * jnp.log(p + 1e-10)))}
+    terms = {
+      **_pixel_terms(recon, batch["hq"]),
+      "codebook": losses.mse(jax.lax.stop_gradient(z), codes),
+      "commit": losses.mse(z, jax.lax.stop_gradient(codes)),
+      "code_pull": code_pull(
+        jax.lax.stop_gradient(z), module.vre.quantize.embedding.embedding[...]
+      ),
+    }
+    usage = {
+      "codes_used": jnp.sum(counts > 0).astype(jnp.float32),
+      "perplexity": jnp.exp(-jnp.sum(p * jnp.log(p + 1e-10))),
+    }
     return losses.weighted_sum(terms, w), {**terms, **usage}
 
   def eval_fn(module: VQAutoencoder, batch):
     recon = module(batch["lq"], dtype)[0]
     return {"psnr": losses.psnr(_to_unit(recon), _to_unit(batch["hq"]))}
 
-  return Stage(name="vre", module=module, trainable=nnx.Param, loss_fn=loss_fn, eval_fn=eval_fn,
-               train_batches=train_stream, val_batches=val)
+  return Stage(
+    name="vre",
+    module=module,
+    trainable=nnx.Param,
+    loss_fn=loss_fn,
+    eval_fn=eval_fn,
+    train_batches=train_stream,
+    val_batches=val,
+  )
 
 
 def unet_stage(model: OSDFace, config, train_stream, val, *, name: str = "unet") -> Stage:
@@ -279,25 +364,39 @@ def unet_stage(model: OSDFace, config, train_stream, val, *, name: str = "unet")
   def loss_fn(model: OSDFace, batch, rng):
     del rng
     out = model.restore(batch["lq"], dtype=dtype)
-    target = jax.lax.stop_gradient(model.vae.encode(batch["hq"].astype(dtype)).astype(jnp.float32) * scale)
+    target = jax.lax.stop_gradient(
+      model.vae.encode(batch["hq"].astype(dtype)).astype(jnp.float32) * scale
+    )
     restored = out.image * 2.0 - 1.0
     terms = {"latent": losses.mse(out.z_high, target), **_pixel_terms(restored, batch["hq"])}
     if float(w.feature):
-      terms["feature"] = losses.feature_loss(model.vre.encoder, restored, batch["hq"], kind=scfg.feature_kind)
+      terms["feature"] = losses.feature_loss(
+        model.vre.encoder, restored, batch["hq"], kind=scfg.feature_kind
+      )
     return losses.weighted_sum(terms, w), terms
 
   def eval_fn(model: OSDFace, batch):
     hq = _to_unit(batch["hq"])
-    return {"psnr": losses.psnr(model.restore(batch["lq"], dtype=dtype).image, hq),
-            "psnr_input": losses.psnr(_to_unit(batch["lq"]), hq)}
+    return {
+      "psnr": losses.psnr(model.restore(batch["lq"], dtype=dtype).image, hq),
+      "psnr_input": losses.psnr(_to_unit(batch["lq"]), hq),
+    }
 
   parts = [nnx.PathContains("unet"), nnx.PathContains("embedding_change")]
-  vae_parts = (["encoder", "quant_conv"] if scfg.train_vae_encoder else []) + \
-              (["decoder", "post_quant_conv"] if scfg.get("train_vae_decoder", False) else [])
+  vae_parts = (["encoder", "quant_conv"] if scfg.train_vae_encoder else []) + (
+    ["decoder", "post_quant_conv"] if scfg.get("train_vae_decoder", False) else []
+  )
   if vae_parts:
     parts.append(nnx.All(nnx.PathContains("vae"), nnx.Any(*map(nnx.PathContains, vae_parts))))
-  return Stage(name=name, module=model, trainable=nnx.Any(*parts), loss_fn=loss_fn, eval_fn=eval_fn,
-               train_batches=train_stream, val_batches=val)
+  return Stage(
+    name=name,
+    module=model,
+    trainable=nnx.Any(*parts),
+    loss_fn=loss_fn,
+    eval_fn=eval_fn,
+    train_batches=train_stream,
+    val_batches=val,
+  )
 
 
 def stage_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Mapping
+from collections.abc import Mapping
+
 from quantface_jax.fileio import atomic_open
 
 try:
@@ -21,8 +22,11 @@ class MetricsWriter:
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.stage = stage
-    self._tb = (tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard", stage))
-                if tensorboardX is not None else None)
+    self._tb = (
+      tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard", stage))
+      if tensorboardX is not None
+      else None
+    )
 
   def truncate_after(self, step: int) -> None:
     """Drops this stage's records past `step` (written after the checkpoint a resumed run restarts from)."""

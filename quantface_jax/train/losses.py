@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,8 @@ def sobel(images: jax.Array) -> jax.Array:
   kernel = jnp.asarray(np.tile(kernel, (1, 1, 1, c)).reshape(3, 3, 1, 2 * c))
   x = jnp.pad(images.astype(jnp.float32), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
   return jax.lax.conv_general_dilated(
-      x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
+    x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c
+  )
 
 
 def sobel_l1(pred: jax.Array, target: jax.Array) -> jax.Array:
@@ -43,7 +44,9 @@ def vre_features(encoder: VQEncoder, images: jax.Array) -> list[jax.Array]:
   return [f * jax.lax.rsqrt(jnp.sum(jnp.square(f), -1, keepdims=True) + 1e-10) for f in features]
 
 
-def feature_loss(encoder: VQEncoder, pred: jax.Array, target: jax.Array, *, kind: str = "l1") -> jax.Array:
+def feature_loss(
+  encoder: VQEncoder, pred: jax.Array, target: jax.Array, *, kind: str = "l1"
+) -> jax.Array:
   """Distance in a (frozen) VRE encoder's feature space: mean over levels of L1 or MSE between the
   channel-normalised features; the target branch carries no gradient."""
   distance = {"l1": l1, "mse": mse}[kind]

@@ -11,13 +11,19 @@ import os
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 BATCH_AXES = ("data", "fsdp")
 # Arrays smaller than this stay replicated under FSDP: splitting them saves nothing and costs collectives.
-MIN_FSDP_SIZE = 2 ** 14
+MIN_FSDP_SIZE = 2**14
 
-_MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+_MULTIHOST_ENV = (
+  "JAX_COORDINATOR_ADDRESS",
+  "SLURM_JOB_ID",
+  "TPU_WORKER_HOSTNAMES",
+  "MEGASCALE_COORDINATOR_ADDRESS",
+)
 
 
 def maybe_initialize_distributed() -> bool:

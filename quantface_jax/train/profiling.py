@@ -25,7 +25,9 @@ from quantface_jax.fileio import atomic_write_text
 log = logging.getLogger("quantface")
 
 
-def summarize_trace(trace_dir: str, *, steps: int, top: int | None = 40, device_only: bool = False) -> list[dict]:
+def summarize_trace(
+  trace_dir: str, *, steps: int, top: int | None = 40, device_only: bool = False
+) -> list[dict]:
   """Rows {plane, op, ms_per_step, calls_per_step, share[, source]} of the newest trace under `trace_dir`.
 
   Device planes (``/device:...``) count their stream lines (kernels; an ``hlo_op`` stat names the
@@ -36,7 +38,9 @@ def summarize_trace(trace_dir: str, *, steps: int, top: int | None = 40, device_
   many steps the trace holds (the per-step divisor); `top` None keeps every row; `device_only` drops
   the host planes when the trace has a device plane.
   """
-  paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
+  paths = sorted(
+    glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime
+  )
   if not paths:
     raise FileNotFoundError(f"no *.xplane.pb trace under {trace_dir}")
   profile = jax.profiler.ProfileData.from_file(paths[-1])
@@ -61,9 +65,17 @@ def summarize_trace(trace_dir: str, *, steps: int, top: int | None = 40, device_
         calls[op] += 1
         sources.setdefault(op, stats.get("tf_op") or stats.get("long_name"))
     total = sum(time_ns.values())
-    rows += [dict(plane=plane.name, op=op, ms_per_step=ns / 1e6 / steps, calls_per_step=calls[op] / steps,
-                  share=ns / total, **({"source": sources[op]} if sources[op] else {}))
-             for op, ns in time_ns.most_common()]
+    rows += [
+      dict(
+        plane=plane.name,
+        op=op,
+        ms_per_step=ns / 1e6 / steps,
+        calls_per_step=calls[op] / steps,
+        share=ns / total,
+        **({"source": sources[op]} if sources[op] else {}),
+      )
+      for op, ns in time_ns.most_common()
+    ]
   device_first = lambda row: (not row["plane"].startswith("/device:"), -row["ms_per_step"])
   return sorted(rows, key=device_first)[:top]
 
@@ -83,9 +95,14 @@ def trace_calls(call, *, calls: int, top: int | None, device_only: bool = False)
 
 
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) .*\{$")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(?P<name>[\w.\-]+) = (?P<shape>.*?) (?P<op>[a-z][a-z0-9\-]*)\((?P<args>.*)$")
+_INSTRUCTION = re.compile(
+  r"^\s*(?:ROOT )?%(?P<name>[\w.\-]+) = (?P<shape>.*?) (?P<op>[a-z][a-z0-9\-]*)\((?P<args>.*)$"
+)
 _DTYPE = re.compile(r"\b(pred|[suf]\d+|bf16|f8e\w+)\[")
-_SIGMOID_OPS = {"logistic", "exponential"}  # SiLU's sigmoid: XLA's GPU keeps `logistic`, its CPU expands it
+_SIGMOID_OPS = {
+  "logistic",
+  "exponential",
+}  # SiLU's sigmoid: XLA's GPU keeps `logistic`, its CPU expands it
 
 
 def _parse_hlo(hlo_text: str):
@@ -104,8 +121,12 @@ def _parse_hlo(hlo_text: str):
       result = _DTYPE.search(m.group("shape"))
       dtypes[m.group("name")] = result.group(1) if result else "?"
       bodies[current].add(m.group("op"))
-      instructions.append((current, m.group("name"), dtypes[m.group("name")], m.group("op"), m.group("args")))
-  called = {c for *_, args in instructions for c in re.findall(r"(?:calls|to_apply)=%([\w.\-]+)", args)}
+      instructions.append(
+        (current, m.group("name"), dtypes[m.group("name")], m.group("op"), m.group("args"))
+      )
+  called = {
+    c for *_, args in instructions for c in re.findall(r"(?:calls|to_apply)=%([\w.\-]+)", args)
+  }
   return bodies, dtypes, instructions, called
 
 
@@ -140,8 +161,14 @@ def hlo_summary(hlo_text: str) -> dict:
   the module's non-fused computations (a fusion's body counts through its fusion instruction).
   """
   bodies, dtypes, instructions, called = _parse_hlo(hlo_text)
-  summary = dict(fusions=0, custom_calls=collections.Counter(), convolutions=collections.Counter(),
-                 integer_fusions=0, integer_fusions_with_sigmoid=0, float_fusions_with_sigmoid=0)
+  summary = dict(
+    fusions=0,
+    custom_calls=collections.Counter(),
+    convolutions=collections.Counter(),
+    integer_fusions=0,
+    integer_fusions_with_sigmoid=0,
+    float_fusions_with_sigmoid=0,
+  )
   for computation, _, dtype, op, args in instructions:
     if computation in called:  # fusion bodies and reducers count through their callers
       continue
@@ -191,8 +218,11 @@ def op_kinds(hlo_text: str) -> dict[str, str]:
     body = re.search(r"calls=%([\w.\-]+)", args)
     body_ops = bodies.get(body.group(1), set()) if body else set()
     is_conv = _is_conv(op, target)
-    is_gemm = not is_conv and (op == "dot" or bool(body_ops & {"dot", "convolution"})
-                               or (target is not None and ("cublas" in target or "gemm" in target.lower())))
+    is_gemm = not is_conv and (
+      op == "dot"
+      or bool(body_ops & {"dot", "convolution"})
+      or (target is not None and ("cublas" in target or "gemm" in target.lower()))
+    )
     if (is_conv or is_gemm) and operands and _is_integer(dtypes.get(operands[0], "?")):
       integer_ops.add(name)
     if op == "get-tuple-element":
@@ -242,7 +272,9 @@ class StepProfiler:
 
   def __init__(self, steps: tuple[int, int] | None, directory: str):
     if steps and not 1 <= steps[0] <= steps[1]:
-      raise ValueError(f"profile_steps must be (first, last) with 1 <= first <= last, got {tuple(steps)}")
+      raise ValueError(
+        f"profile_steps must be (first, last) with 1 <= first <= last, got {tuple(steps)}"
+      )
     self.steps = tuple(steps) if steps and jax.process_index() == 0 else None
     self.directory = directory
     self.summary: list[dict] = []
@@ -259,9 +291,15 @@ class StepProfiler:
     jax.block_until_ready(outputs)
     self.close()
     self.summary = summarize_trace(self.directory, steps=self.steps[1] - self.steps[0] + 1)
-    atomic_write_text(os.path.join(self.directory, "profile_summary.json"), json.dumps(self.summary, indent=1))
-    log.info("profile of steps %d-%d in %s; per step: %s", *self.steps, self.directory,
-             "; ".join(f"{r['op']} {r['ms_per_step']:.1f} ms" for r in self.summary[:5]))
+    atomic_write_text(
+      os.path.join(self.directory, "profile_summary.json"), json.dumps(self.summary, indent=1)
+    )
+    log.info(
+      "profile of steps %d-%d in %s; per step: %s",
+      *self.steps,
+      self.directory,
+      "; ".join(f"{r['op']} {r['ms_per_step']:.1f} ms" for r in self.summary[:5]),
+    )
 
   def close(self) -> None:
     if self._tracing:

@@ -18,7 +18,8 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import flax.struct
 import jax
@@ -62,7 +63,9 @@ class Stage:
   trainable: Any  # nnx filter selecting the parameters that train (intersected with nnx.Param)
   loss_fn: LossFn  # (module, batch, rng) -> (scalar loss, scalar metrics)
   eval_fn: EvalFn | None  # (module, batch) -> per-example (B,) metrics, averaged over `val_batches`
-  train_batches: Callable[[int], Iterator[Batch]]  # start_step -> this process's batches from that step on
+  train_batches: Callable[
+    [int], Iterator[Batch]
+  ]  # start_step -> this process's batches from that step on
   val_batches: Sequence[Batch] = ()  # the fixed validation set, in batches
 
 
@@ -76,7 +79,9 @@ class FitResult:
   train_metrics: dict[str, float]  # the last step's metrics
   val_metrics: dict[str, float]  # the final validation means (empty if no eval_fn)
   compile_profile: dict[str, float]  # `compile_train_step`'s phase times (empty when no step ran)
-  step_profile: list[dict]  # `profiling.summarize_trace` rows of config.profile_steps (empty if unset)
+  step_profile: list[
+    dict
+  ]  # `profiling.summarize_trace` rows of config.profile_steps (empty if unset)
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict):
@@ -87,8 +92,11 @@ def make_optimizer(cfg: ml_collections.ConfigDict):
   `warmup_cosine_decay_schedule` but with the schedule length as data, not a compiled constant.
   Reads cfg.lr, warmup_steps, final_lr_fraction, weight_decay, b1, b2, grad_clip (0: off).
   """
-  tx = optax.chain(*([optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []),
-                   optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2), optax.add_decayed_weights(cfg.weight_decay))
+  tx = optax.chain(
+    *([optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []),
+    optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2),
+    optax.add_decayed_weights(cfg.weight_decay),
+  )
   peak, end, warmup = cfg.lr, cfg.lr * cfg.final_lr_fraction, cfg.warmup_steps
 
   def lr_fn(step: jax.Array, total_steps: jax.Array) -> jax.Array:
@@ -106,16 +114,25 @@ def split_trainable(module: nnx.Module, trainable) -> tuple[nnx.GraphDef, nnx.St
   return nnx.split(module, nnx.All(nnx.Param, trainable), ...)
 
 
-def init_state(params: nnx.State, tx: optax.GradientTransformation, *, total_steps: int, seed: int) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), total_steps=jnp.asarray(total_steps, jnp.int32),
-                    params=params, opt_state=tx.init(params), rng=jax.random.PRNGKey(seed))
+def init_state(
+  params: nnx.State, tx: optax.GradientTransformation, *, total_steps: int, seed: int
+) -> TrainState:
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    total_steps=jnp.asarray(total_steps, jnp.int32),
+    params=params,
+    opt_state=tx.init(params),
+    rng=jax.random.PRNGKey(seed),
+  )
 
 
 def _global_norm(tree) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
-def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation, lr_fn):
+def make_train_step(
+  graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation, lr_fn
+):
   """(state, frozen, batch) -> (state, metrics): one AdamW step on the trainable parameters."""
 
   def train_step(state: TrainState, frozen: nnx.State, batch: Batch):
@@ -137,13 +154,18 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
 def make_eval_step(graphdef: nnx.GraphDef, eval_fn: EvalFn):
   def eval_step(params: nnx.State, frozen: nnx.State, batch: Batch):
     return eval_fn(nnx.merge(graphdef, params, frozen), batch)
+
   return eval_step
 
 
 def state_shardings(mesh, state: TrainState) -> TrainState:
-  return TrainState(step=mesh_lib.replicated(mesh), total_steps=mesh_lib.replicated(mesh),
-                    params=mesh_lib.tree_shardings(mesh, state.params),
-                    opt_state=mesh_lib.tree_shardings(mesh, state.opt_state), rng=mesh_lib.replicated(mesh))
+  return TrainState(
+    step=mesh_lib.replicated(mesh),
+    total_steps=mesh_lib.replicated(mesh),
+    params=mesh_lib.tree_shardings(mesh, state.params),
+    opt_state=mesh_lib.tree_shardings(mesh, state.opt_state),
+    rng=mesh_lib.replicated(mesh),
+  )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -154,20 +176,27 @@ class TrainProgram:
   state: TrainState  # the initial state (step 0, fresh optimizer), not yet placed on the mesh
   frozen: nnx.State  # everything that does not train (teacher, quantized residuals, buffers)
   state_sharding: TrainState  # a NamedSharding per leaf of `state`
-  frozen_sharding: nnx.State  # a NamedSharding per leaf of `frozen` (split over "fsdp" when it has one)
+  frozen_sharding: (
+    nnx.State
+  )  # a NamedSharding per leaf of `frozen` (split over "fsdp" when it has one)
   batch_sharding: jax.sharding.NamedSharding  # batch axis over the mesh's data axes
   replicated: jax.sharding.NamedSharding  # scalars and metrics
   step: Any  # jax.jit of (state, frozen, batch) -> (state, metrics); donates `state`
 
   def abstract_args(self, batch: Batch) -> tuple:
     """(state, frozen, batch) as sharded ShapeDtypeStructs: what `step.trace` takes without data."""
-    return (abstract(self.state, self.state_sharding), abstract(self.frozen, self.frozen_sharding),
-            {k: abstract(v, self.batch_sharding) for k, v in batch.items()})
+    return (
+      abstract(self.state, self.state_sharding),
+      abstract(self.frozen, self.frozen_sharding),
+      {k: abstract(v, self.batch_sharding) for k, v in batch.items()},
+    )
 
 
 def abstract(tree, shardings):
   """`tree`'s leaves as ShapeDtypeStructs placed by `shardings` (a matching tree, or one sharding for a leaf)."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings)
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings
+  )
 
 
 def build_train_program(stage: Stage, config: ml_collections.ConfigDict, mesh) -> TrainProgram:
@@ -179,16 +208,30 @@ def build_train_program(stage: Stage, config: ml_collections.ConfigDict, mesh) -
   frozen_sh = mesh_lib.tree_shardings(mesh, frozen)
   batch_sh = mesh_lib.batch_sharding(mesh)
   repl = mesh_lib.replicated(mesh)
-  step = jax.jit(make_train_step(graphdef, stage.loss_fn, tx, lr_fn), in_shardings=(state_sh, frozen_sh, batch_sh),
-                 out_shardings=(state_sh, repl), donate_argnums=(0,))
-  return TrainProgram(graphdef=graphdef, state=state, frozen=frozen, state_sharding=state_sh,
-                      frozen_sharding=frozen_sh, batch_sharding=batch_sh, replicated=repl, step=step)
+  step = jax.jit(
+    make_train_step(graphdef, stage.loss_fn, tx, lr_fn),
+    in_shardings=(state_sh, frozen_sh, batch_sh),
+    out_shardings=(state_sh, repl),
+    donate_argnums=(0,),
+  )
+  return TrainProgram(
+    graphdef=graphdef,
+    state=state,
+    frozen=frozen,
+    state_sharding=state_sh,
+    frozen_sharding=frozen_sh,
+    batch_sharding=batch_sh,
+    replicated=repl,
+    step=step,
+  )
 
 
 def _count_equations(jaxpr) -> int:
   """Equations of a jaxpr, those of its sub-jaxprs (pjit, custom_vjp, remat, scan bodies) included."""
-  return sum(1 + sum(_count_equations(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params))
-             for eqn in jaxpr.eqns)
+  return sum(
+    1 + sum(_count_equations(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params))
+    for eqn in jaxpr.eqns
+  )
 
 
 def compile_train_step(program: TrainProgram, batch: Batch, *, compile: bool = True):
@@ -205,20 +248,26 @@ def compile_train_step(program: TrainProgram, batch: Batch, *, compile: bool = T
   t1 = time.perf_counter()
   lowered = traced.lower()
   t2 = time.perf_counter()
-  profile = dict(trace_s=t1 - t0, lower_s=t2 - t1, jaxpr_equations=_count_equations(traced.jaxpr.jaxpr))
+  profile = dict(
+    trace_s=t1 - t0, lower_s=t2 - t1, jaxpr_equations=_count_equations(traced.jaxpr.jaxpr)
+  )
   if not compile:
     return None, profile
   compiled = lowered.compile()
   profile["compile_s"] = time.perf_counter() - t2
   memory = compiled.memory_analysis()
   if memory is not None:  # None where a backend does not report it
-    profile.update(temp_gb=memory.temp_size_in_bytes / 2**30, argument_gb=memory.argument_size_in_bytes / 2**30)
+    profile.update(
+      temp_gb=memory.temp_size_in_bytes / 2**30, argument_gb=memory.argument_size_in_bytes / 2**30
+    )
   return compiled, profile
 
 
 def to_global(batch: Batch, sharding) -> dict[str, jax.Array]:
   """This process's numpy batch -> global arrays split over the mesh's batch axes."""
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+  }
 
 
 def prefetch(iterator: Iterator, size: int) -> Iterator:
@@ -255,7 +304,10 @@ def prefetch(iterator: Iterator, size: int) -> Iterator:
 
 def _mean_metrics(per_batch: list[dict[str, jax.Array]]) -> dict[str, float]:
   keys = per_batch[0].keys()
-  return {k: float(np.mean(np.concatenate([np.asarray(m[k]).reshape(-1) for m in per_batch]))) for k in keys}
+  return {
+    k: float(np.mean(np.concatenate([np.asarray(m[k]).reshape(-1) for m in per_batch])))
+    for k in keys
+  }
 
 
 def evaluate(eval_step, params, frozen, batches: Sequence[Batch], sharding) -> dict[str, float]:
@@ -267,8 +319,9 @@ def evaluate(eval_step, params, frozen, batches: Sequence[Batch], sharding) -> d
 
 
 def _checkpoint_manager(directory: str, cfg) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=cfg.get("keep_checkpoints", 1), create=True,
-                                         enable_async_checkpointing=True)
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=cfg.get("keep_checkpoints", 1), create=True, enable_async_checkpointing=True
+  )
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
@@ -294,36 +347,56 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
   mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
   program = build_train_program(stage, config, mesh)
   state, frozen = program.state, program.frozen
-  state_sh, frozen_sh, batch_sh, repl = (program.state_sharding, program.frozen_sharding, program.batch_sharding,
-                                         program.replicated)
+  state_sh, frozen_sh, batch_sh, repl = (
+    program.state_sharding,
+    program.frozen_sharding,
+    program.batch_sharding,
+    program.replicated,
+  )
   budget = config.get("time_budget_s", 0)
   calibrate_at = config.get("calibrate_steps", 20) + 1
   calibrate_points = {calibrate_at, max(calibrate_at, config.get("warmup_steps", 0))}
 
   manager = _checkpoint_manager(os.path.join(workdir, stage.name, "checkpoints"), config)
   writer = MetricsWriter(workdir, stage.name)
-  profiler = profiling.StepProfiler(config.get("profile_steps", None), os.path.join(workdir, stage.name, "profile"))
+  profiler = profiling.StepProfiler(
+    config.get("profile_steps", None), os.path.join(workdir, stage.name, "profile")
+  )
   batches = None
   try:
     latest = manager.latest_step()
     if latest is not None:
       target = abstract(state, state_sh)
-      state = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+      state = manager.restore(
+        latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+      )["state"]
       writer.truncate_after(latest)
     else:
       state = jax.device_put(state, state_sh)
     frozen = jax.device_put(frozen, frozen_sh)
     start, total = int(state.step), int(state.total_steps)
 
-    eval_step = jax.jit(make_eval_step(program.graphdef, stage.eval_fn),
-                        in_shardings=(state_sh.params, frozen_sh, batch_sh),
-                        out_shardings=repl) if stage.eval_fn is not None else None
+    eval_step = (
+      jax.jit(
+        make_eval_step(program.graphdef, stage.eval_fn),
+        in_shardings=(state_sh.params, frozen_sh, batch_sh),
+        out_shardings=repl,
+      )
+      if stage.eval_fn is not None
+      else None
+    )
 
     train_metrics: dict[str, float] = {}
     val_metrics: dict[str, float] = {}
     t0 = time.perf_counter()
-    bar = tqdm(total=total, initial=start, desc=stage.name, unit="step", dynamic_ncols=True,
-               disable=not config.get("progress", True) or jax.process_index() != 0)
+    bar = tqdm(
+      total=total,
+      initial=start,
+      desc=stage.name,
+      unit="step",
+      dynamic_ncols=True,
+      disable=not config.get("progress", True) or jax.process_index() != 0,
+    )
     batches = prefetch(stage.train_batches(start), config.get("prefetch", 2))
     done, t_first, data_wait = start, None, 0.0
     train_step, compile_profile = None, {}
@@ -334,11 +407,23 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
         data_wait += time.perf_counter() - t_wait
       if train_step is None:  # compiled ahead of time, so the log can say where the time went
         train_step, compile_profile = compile_train_step(program, batch)
-        log.info("%s: step compiled in %.0f s (trace %.0f s, lower %.0f s, XLA %.0f s; %d jaxpr equations; "
-                 "XLA's memory plan per device: %.1f GB scratch + %.1f GB arguments)",
-                 stage.name, sum(v for k, v in compile_profile.items() if k.endswith("_s")),
-                 *(compile_profile.get(k, float("nan")) for k in
-                   ("trace_s", "lower_s", "compile_s", "jaxpr_equations", "temp_gb", "argument_gb")))
+        log.info(
+          "%s: step compiled in %.0f s (trace %.0f s, lower %.0f s, XLA %.0f s; %d jaxpr equations; "
+          "XLA's memory plan per device: %.1f GB scratch + %.1f GB arguments)",
+          stage.name,
+          sum(v for k, v in compile_profile.items() if k.endswith("_s")),
+          *(
+            compile_profile.get(k, float("nan"))
+            for k in (
+              "trace_s",
+              "lower_s",
+              "compile_s",
+              "jaxpr_equations",
+              "temp_gb",
+              "argument_gb",
+            )
+          ),
+        )
       profiler.before(done + 1)
       state, metrics = train_step(state, frozen, to_global(batch, batch_sh))
       done += 1
@@ -347,18 +432,34 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
       if done == start + 1:
         jax.block_until_ready(metrics)
         t_first = time.perf_counter()
-        log.info("%s: step %d compiled and ran in %.0f s (of %d steps)", stage.name, done, t_first - t_begin, total)
+        log.info(
+          "%s: step %d compiled and ran in %.0f s (of %d steps)",
+          stage.name,
+          done,
+          t_first - t_begin,
+          total,
+        )
       if budget and start == 0 and done in calibrate_points:
         jax.block_until_ready(metrics)
         rate = (done - 1) / (time.perf_counter() - t_first)
-        total = _budgeted_total(done, rate, budget - (time.perf_counter() - t_begin) - config.get("reserve_s", 0),
-                                config.steps)
+        total = _budgeted_total(
+          done,
+          rate,
+          budget - (time.perf_counter() - t_begin) - config.get("reserve_s", 0),
+          config.steps,
+        )
         state = state.replace(total_steps=jax.device_put(jnp.asarray(total, jnp.int32), repl))
         bar.total = total
         if total < 2 * config.get("warmup_steps", 0):
-          log.warning("%s: the time budget of %.0f s leaves %d steps (warmup %d) after %.0f s to compile and "
-                      "calibrate: raise time_budget_s", stage.name, budget, total, config.warmup_steps,
-                      t_first - t_begin)
+          log.warning(
+            "%s: the time budget of %.0f s leaves %d steps (warmup %d) after %.0f s to compile and "
+            "calibrate: raise time_budget_s",
+            stage.name,
+            budget,
+            total,
+            config.warmup_steps,
+            t_first - t_begin,
+          )
       scalars = {}
       if done % config.log_every == 0 or done == total:
         train_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -369,7 +470,9 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
           scalars["steps_per_s"] = (done - start - 1) / since_first
           scalars["data_wait_frac"] = data_wait / since_first
         bar.set_postfix(loss=f"{train_metrics['loss']:.4g}")
-      if eval_step is not None and ((config.eval_every and done % config.eval_every == 0) or done == total):
+      if eval_step is not None and (
+        (config.eval_every and done % config.eval_every == 0) or done == total
+      ):
         val_metrics = evaluate(eval_step, state.params, frozen, stage.val_batches, batch_sh)
         scalars.update(val_metrics)
       if scalars and jax.process_index() == 0:
@@ -386,6 +489,12 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
     manager.close()
     writer.close()
   nnx.update(stage.module, state.params)
-  return FitResult(module=stage.module, steps_run=done - start, seconds=seconds,
-                   train_metrics=train_metrics, val_metrics=val_metrics, compile_profile=compile_profile,
-                   step_profile=profiler.summary)
+  return FitResult(
+    module=stage.module,
+    steps_run=done - start,
+    seconds=seconds,
+    train_metrics=train_metrics,
+    val_metrics=val_metrics,
+    compile_profile=compile_profile,
+    step_profile=profiler.summary,
+  )

@@ -10,8 +10,9 @@ from quantface_jax.alloc import add_allocate_parser, allocate, load_bits_map
 from quantface_jax.data import io as image_io
 from quantface_jax.quant import bits_map_from_json, get_bits, quant_layers, set_bits
 
-SETTINGS = dict(recipe="rtn", widths=(3, 4, 6), calib_count=2, sweep_count=2, chunk_size=4,
-                progress=False)  # chunk_size: test_sensitivity's, so the compilation is shared.
+SETTINGS = dict(
+  recipe="rtn", widths=(3, 4, 6), calib_count=2, sweep_count=2, chunk_size=4, progress=False
+)  # chunk_size: test_sensitivity's, so the compilation is shared.
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +51,25 @@ def test_infeasible_budget_fails_before_the_sweep(tiny_model, calib_dir, tmp_pat
 
   parser = argparse.ArgumentParser()
   add_allocate_parser(parser.add_subparsers(dest="command"))
-  args = parser.parse_args(["allocate", "--ckpt", "tiny", "--calib", str(calib_dir), "--budget",
-                            "2", "--objective", "bits", "--recipe", "rtn", "--calib-count", "2",
-                            "--out", str(tmp_path / "cli.json")])
+  args = parser.parse_args(
+    [
+      "allocate",
+      "--ckpt",
+      "tiny",
+      "--calib",
+      str(calib_dir),
+      "--budget",
+      "2",
+      "--objective",
+      "bits",
+      "--recipe",
+      "rtn",
+      "--calib-count",
+      "2",
+      "--out",
+      str(tmp_path / "cli.json"),
+    ]
+  )
   assert args.lam == 1.0 and json.loads(json.dumps(vars(args), default=str))
   with pytest.raises(SystemExit, match="quantface allocate: budget 2 .* infeasible"):
     args.func(args)

@@ -18,15 +18,15 @@ def _random_inputs(rng: np.random.Generator, num_layers: int, *, masked: bool) -
     allowed = rng.random((num_layers, len(WIDTHS))) < 0.7
     allowed[np.arange(num_layers), rng.integers(len(WIDTHS), size=num_layers)] = True
   return dict(
-      errors=rng.random((num_layers, len(WIDTHS))) * rng.uniform(0.1, 10),
-      perceptual=rng.random((num_layers, len(WIDTHS))),
-      widths=WIDTHS,
-      n_act=rng.integers(1, 10**6, size=num_layers).astype(float),
-      n_weight=rng.integers(1, 10**6, size=num_layers).astype(float),
-      macs=rng.integers(1, 10**9, size=num_layers).astype(float),
-      perceptual_weight=float(rng.choice([0.0, 0.5, 3.0])),
-      mode=str(rng.choice(["activations", "weights", "both"])),
-      allowed=allowed,
+    errors=rng.random((num_layers, len(WIDTHS))) * rng.uniform(0.1, 10),
+    perceptual=rng.random((num_layers, len(WIDTHS))),
+    widths=WIDTHS,
+    n_act=rng.integers(1, 10**6, size=num_layers).astype(float),
+    n_weight=rng.integers(1, 10**6, size=num_layers).astype(float),
+    macs=rng.integers(1, 10**9, size=num_layers).astype(float),
+    perceptual_weight=float(rng.choice([0.0, 0.5, 3.0])),
+    mode=str(rng.choice(["activations", "weights", "both"])),
+    allowed=allowed,
   )
 
 
@@ -88,9 +88,9 @@ def test_infeasible_budget_names_smallest_feasible_budget(budget_kind):
   inputs.update(mode="activations", fixed_w_bits=4, min_bits=np.array([3, 4, 4, 5, 3]))
   min_plan = np.array([3, 4, 4, 5, 3])
   smallest = {
-      "bits": inputs["n_act"] @ min_plan / inputs["n_act"].sum(),
-      "bops": inputs["macs"] @ (4 * min_plan),
-      "bops_fraction": inputs["macs"] @ (4 * min_plan) / (64 * inputs["macs"].sum()),
+    "bits": inputs["n_act"] @ min_plan / inputs["n_act"].sum(),
+    "bops": inputs["macs"] @ (4 * min_plan),
+    "bops_fraction": inputs["macs"] @ (4 * min_plan) / (64 * inputs["macs"].sum()),
   }[budget_kind]
   with pytest.raises(ValueError, match="smallest feasible budget is") as excinfo:
     alloc.build_problem(**inputs, budget_kind=budget_kind, budget=smallest * 0.999)
@@ -111,10 +111,11 @@ def test_budget_at_max_width_picks_min_cost_widths(solve):
 def test_objective_does_not_worsen_with_larger_budget(budget_kind):
   inputs = _random_inputs(np.random.default_rng(2), 40, masked=True)
   cheapest, dearest = _budget_range(
-      alloc.build_problem(**inputs, budget_kind=budget_kind, budget=1e30))
+    alloc.build_problem(**inputs, budget_kind=budget_kind, budget=1e30)
+  )
   objectives = [
-      alloc.allocate_bits(**inputs, budget_kind=budget_kind, budget=budget).objective
-      for budget in np.linspace(cheapest, dearest, 12)
+    alloc.allocate_bits(**inputs, budget_kind=budget_kind, budget=budget).objective
+    for budget in np.linspace(cheapest, dearest, 12)
   ]
   assert all(np.diff(objectives) <= 1e-9)
 
@@ -138,8 +139,8 @@ def test_mean_normalization_makes_lambda_scale_free():
 
 
 @pytest.mark.parametrize(
-    "mode,expected",
-    [("activations", lambda b: (4, b)), ("weights", lambda b: (b, 8)), ("both", lambda b: (b, b))],
+  "mode,expected",
+  [("activations", lambda b: (4, b)), ("weights", lambda b: (b, 8)), ("both", lambda b: (b, b))],
 )
 def test_bits_map_per_mode(mode, expected):
   inputs = _random_inputs(np.random.default_rng(7), 4, masked=False)
@@ -180,22 +181,22 @@ def test_save_bits_map_requires_meta(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "change,argument",
-    [
-        (dict(errors=np.ones((5, 3))), "errors"),
-        (dict(perceptual=np.ones((4, 4))), "perceptual"),
-        (dict(errors=np.full((5, 4), np.nan)), "errors"),
-        (dict(perceptual=-np.ones((5, 4))), "perceptual"),
-        (dict(n_act=-np.ones(5)), "n_act"),
-        (dict(n_act=np.ones(4)), "n_act"),
-        (dict(macs=np.ones(6), budget_kind="bops"), "macs"),
-        (dict(n_weight=None, mode="weights"), "n_weight"),
-        (dict(widths=(3, 3, 4, 5)), "widths"),
-        (dict(allowed=np.zeros((5, 4), bool)), "allowed"),
-        (dict(min_bits=7), "min_bits"),
-        (dict(perceptual_weight=-1.0), "perceptual_weight"),
-        (dict(fixed_w_bits=9), "fixed_w_bits"),
-    ],
+  "change,argument",
+  [
+    (dict(errors=np.ones((5, 3))), "errors"),
+    (dict(perceptual=np.ones((4, 4))), "perceptual"),
+    (dict(errors=np.full((5, 4), np.nan)), "errors"),
+    (dict(perceptual=-np.ones((5, 4))), "perceptual"),
+    (dict(n_act=-np.ones(5)), "n_act"),
+    (dict(n_act=np.ones(4)), "n_act"),
+    (dict(macs=np.ones(6), budget_kind="bops"), "macs"),
+    (dict(n_weight=None, mode="weights"), "n_weight"),
+    (dict(widths=(3, 3, 4, 5)), "widths"),
+    (dict(allowed=np.zeros((5, 4), bool)), "allowed"),
+    (dict(min_bits=7), "min_bits"),
+    (dict(perceptual_weight=-1.0), "perceptual_weight"),
+    (dict(fixed_w_bits=9), "fixed_w_bits"),
+  ],
 )
 def test_invalid_inputs_name_the_argument(change, argument):
   inputs = _random_inputs(np.random.default_rng(9), 5, masked=False)

@@ -23,8 +23,9 @@ def setup(tiny_model):
 
 def _sweep(setup, **kwargs):
   qmodel, lq, paths = setup
-  return sensitivity.sensitivity_sweep(qmodel, lq, paths=paths, widths=WIDTHS, chunk_size=CHUNK,
-                                       progress=False, **kwargs)
+  return sensitivity.sensitivity_sweep(
+    qmodel, lq, paths=paths, widths=WIDTHS, chunk_size=CHUNK, progress=False, **kwargs
+  )
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,9 @@ def test_one_layer_per_configuration(setup, full):
   assert (table.n_act > 0).all() and (table.macs >= table.n_weight).all()
 
 
-@pytest.mark.parametrize("which, w_expect, a_expect", [("activations", 5, 3), ("weights", 3, 5),
-                                                       ("both", 3, 3)])
+@pytest.mark.parametrize(
+  "which, w_expect, a_expect", [("activations", 5, 3), ("weights", 3, 5), ("both", 3, 3)]
+)
 def test_bit_maps_quantize_one_layer(setup, which, w_expect, a_expect):
   qmodel, _, paths = setup
   w_bits, a_bits = sensitivity.bit_maps(qmodel, paths, (3, 4), which, [5] * len(paths))

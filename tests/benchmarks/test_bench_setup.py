@@ -9,4 +9,3 @@ import bench_setup  # noqa: E402  pylint: disable=wrong-import-position
 
 def test_structural_student_has_the_calibrated_students_structure():
   assert bench_setup.structure_matches("tiny") == dict(graphdef=True, state=True, bits=True)
-

@@ -10,18 +10,34 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+from reference import osdface as reference
+from reference.models import lora_unet, numpy_nchw, rel_err, torch_models, write_release
 from safetensors.torch import save_file
 
 from quantface_jax import checkpoint
-from quantface_jax.convert import ConversionError, convert_release, merge_lora, read_lightning_state_dict
+from quantface_jax.convert import (
+  ConversionError,
+  convert_release,
+  merge_lora,
+  read_lightning_state_dict,
+)
 from quantface_jax.convert.release import _modernize_vae_keys, _module_alpha, lora_alpha_config
 from quantface_jax.convert.torch_to_nnx import load_torch_state_dict
 from quantface_jax.models import TINY, abstract
-from reference import osdface as reference
-from reference.models import lora_unet, numpy_nchw, rel_err, torch_models, write_release
 
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.2", "time_emb_proj",
-                "conv1", "conv2", "conv_shortcut")
+LORA_TARGETS = (
+  "to_q",
+  "to_k",
+  "to_v",
+  "to_out.0",
+  "proj_in",
+  "proj_out",
+  "ff.net.2",
+  "time_emb_proj",
+  "conv1",
+  "conv2",
+  "conv_shortcut",
+)
 LORA_METADATA = {"lora_adapter_metadata": json.dumps({"unet.r": 4, "unet.lora_alpha": 8})}
 CONVERT = dict(resolution=TINY.resolution, vre_norm_groups=TINY.vre.norm_num_groups)
 
@@ -46,15 +62,21 @@ def converted(release, tmp_path_factory):
 
 
 def _params(model):
-  return {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.iter_graph(model)
-          if isinstance(v, nnx.Param)}
+  return {
+    ".".join(map(str, p)): np.asarray(v.get_value())
+    for p, v in nnx.iter_graph(model)
+    if isinstance(v, nnx.Param)
+  }
 
 
 def test_lora_merge_matches_peft_adapter(release):
   models, unet_with_lora, lora = release
   base = {k: v.numpy() for k, v in models["unet"].state_dict().items()}
-  merged, report = merge_lora(base, {k: v.numpy() for k, v in lora.items()},
-                              {"lora_alpha": 8.0, "alpha_pattern": {}, "use_rslora": False})
+  merged, report = merge_lora(
+    base,
+    {k: v.numpy() for k, v in lora.items()},
+    {"lora_alpha": 8.0, "alpha_pattern": {}, "use_rslora": False},
+  )
   assert len(report.merged) == len(lora) // 2 and any(base[k].ndim == 4 for k in report.merged)
   ours = abstract(TINY).unet
   load_torch_state_dict(ours, merged)
@@ -74,7 +96,9 @@ def test_lora_alpha_sources(tmp_path):
   save_file({"unet.a.lora_A.weight": torch.zeros(2, 4)}, str(path))
   assert lora_alpha_config(path, None)["lora_alpha"] == 16.0  # OSDFace's default
   assert lora_alpha_config(path, 4)["lora_alpha"] == 4.0
-  (tmp_path / "adapter_config.json").write_text(json.dumps({"lora_alpha": 8, "alpha_pattern": {"to_q": 2}}))
+  (tmp_path / "adapter_config.json").write_text(
+    json.dumps({"lora_alpha": 8, "alpha_pattern": {"to_q": 2}})
+  )
   options = lora_alpha_config(path, None)
   assert options == {"lora_alpha": 8.0, "alpha_pattern": {"to_q": 2}, "use_rslora": False}
   assert _module_alpha("mid_block.attn1.to_q", options) == 2.0
@@ -83,14 +107,18 @@ def test_lora_alpha_sources(tmp_path):
 
 def test_lora_orphans_are_named():
   weights = {"conv_in.weight": np.zeros((8, 4, 3, 3), np.float32)}
-  lora = {"unet.conv_in.lora_A.weight": np.zeros((2, 4, 3, 3), np.float32),
-          "unet.nowhere.lora_A.weight": np.zeros((2, 4), np.float32),
-          "unet.nowhere.lora_B.weight": np.zeros((4, 2), np.float32),
-          "text_encoder.q.lora_A.weight": np.zeros((2, 4), np.float32)}
+  lora = {
+    "unet.conv_in.lora_A.weight": np.zeros((2, 4, 3, 3), np.float32),
+    "unet.nowhere.lora_A.weight": np.zeros((2, 4), np.float32),
+    "unet.nowhere.lora_B.weight": np.zeros((4, 2), np.float32),
+    "text_encoder.q.lora_A.weight": np.zeros((2, 4), np.float32),
+  }
   with pytest.raises(ConversionError) as info:
     merge_lora(weights, lora, {"lora_alpha": 16.0, "alpha_pattern": {}, "use_rslora": False})
   msg = str(info.value)
-  assert "unet.conv_in: lora_B missing" in msg and "unet.nowhere: no UNet weight nowhere.weight" in msg
+  assert (
+    "unet.conv_in: lora_B missing" in msg and "unet.nowhere: no UNet weight nowhere.weight" in msg
+  )
   assert "text_encoder.q.lora_A.weight" in msg
 
 
@@ -104,12 +132,20 @@ def test_release_converts_saves_and_loads_like_torch(release, converted):
   assert "associate_2.ckpt:vqvae_LQ.post_quant_conv.weight" in skipped
   assert "associate_2.ckpt:vqvae_LQ.quantize.embedding.weight" in report.loaded
   assert report.counts["loaded"] == len(_params(model)) + report.counts["merged"] * 2
-  assert json.loads((root / "ckpt" / "conversion_report.json").read_text())["counts"] == report.counts
+  assert (
+    json.loads((root / "ckpt" / "conversion_report.json").read_text())["counts"] == report.counts
+  )
   assert not [p.name for p in root.iterdir() if p.name.startswith(".")]  # no temp dir left
 
   lq = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
-  want, want_tokens = reference.restore(TINY, models["vre"], models["embedding_change"], models["vae"],
-                                        unet_with_lora, torch.from_numpy(numpy_nchw(lq)))
+  want, want_tokens = reference.restore(
+    TINY,
+    models["vre"],
+    models["embedding_change"],
+    models["vae"],
+    unet_with_lora,
+    torch.from_numpy(numpy_nchw(lq)),
+  )
   image, tokens = jax.jit(lambda x: (model.restore(x).image, model.vre(x)))(lq)
   np.testing.assert_array_equal(np.asarray(tokens), want_tokens.numpy())
   assert rel_err(numpy_nchw(image), want) <= 1e-4
@@ -148,14 +184,20 @@ def test_release_key_errors_name_the_key(release, tmp_path):
   assert "associate_2.ckpt:vqvae_LQ.encoder.extra.weight" in dict(report.skipped)
 
   _rewrite_vre_ckpt(osd, lambda s: s.pop("vqvae_LQ.encoder.mid.attn_1.q.bias"))
-  with pytest.raises(ConversionError, match=r"missing keys:\n  vqvae_LQ\.encoder\.mid\.attn_1\.q\.bias"):
+  with pytest.raises(
+    ConversionError, match=r"missing keys:\n  vqvae_LQ\.encoder\.mid\.attn_1\.q\.bias"
+  ):
     convert_release(sd, osd, allow_unexpected=r"vqvae_LQ\.encoder\.extra\..*", **CONVERT)
 
   emb = torch.load(osd / "embedding_change_weights.pth", weights_only=True)
   emb["conv2.bias"] = torch.zeros(7)
   torch.save(emb, osd / "embedding_change_weights.pth")
-  _rewrite_vre_ckpt(osd, lambda s: s.update({"vqvae_LQ.encoder.mid.attn_1.q.bias": torch.zeros(32)}))
-  with pytest.raises(ConversionError, match=r"conv2\.bias: expected torch shape \(48,\) \(ours \(48,\)\), got \(7,\)"):
+  _rewrite_vre_ckpt(
+    osd, lambda s: s.update({"vqvae_LQ.encoder.mid.attn_1.q.bias": torch.zeros(32)})
+  )
+  with pytest.raises(
+    ConversionError, match=r"conv2\.bias: expected torch shape \(48,\) \(ours \(48,\)\), got \(7,\)"
+  ):
     convert_release(sd, osd, allow_unexpected=r"vqvae_LQ\.encoder\.extra\..*", **CONVERT)
 
 
@@ -164,7 +206,6 @@ def _payload(path):
 
 
 class Malicious:
-
   def __init__(self, path):
     self.path = path
 
@@ -176,12 +217,21 @@ class Malicious:
 def test_lightning_reader_executes_no_pickled_code(tmp_path, zip_format):
   flag = tmp_path / "flag"
   ckpt = tmp_path / "associate_2.ckpt"
-  torch.save({"state_dict": {"vqvae_LQ.quantize.embedding.weight": torch.ones(4, 2)},
-              "hyper_parameters": Malicious(str(flag)), "optimizer_states": [{"step": torch.zeros(())}]}, ckpt,
-             _use_new_zipfile_serialization=zip_format)
+  torch.save(
+    {
+      "state_dict": {"vqvae_LQ.quantize.embedding.weight": torch.ones(4, 2)},
+      "hyper_parameters": Malicious(str(flag)),
+      "optimizer_states": [{"step": torch.zeros(())}],
+    },
+    ckpt,
+    _use_new_zipfile_serialization=zip_format,
+  )
   state = read_lightning_state_dict(ckpt)
   assert not flag.exists()
-  assert list(state) == ["vqvae_LQ.quantize.embedding.weight"] and state[list(state)[0]].shape == (4, 2)
+  assert list(state) == ["vqvae_LQ.quantize.embedding.weight"] and state[list(state)[0]].shape == (
+    4,
+    2,
+  )
   torch.load(ckpt, weights_only=False)  # the payload is live: an unrestricted load runs it
   assert flag.read_text() == "executed"
 
@@ -195,7 +245,9 @@ def test_save_model_refuses_to_overwrite_unless_asked(converted):
   params, restored = _params(model), _params(checkpoint.load(root / "ckpt16"))
   for key, value in restored.items():
     assert value.dtype == np.float32
-    np.testing.assert_array_equal(value, params[key].astype(np.float16).astype(np.float32), err_msg=key)
+    np.testing.assert_array_equal(
+      value, params[key].astype(np.float16).astype(np.float32), err_msg=key
+    )
 
 
 def test_load_presets(monkeypatch, caplog):
@@ -212,7 +264,12 @@ def test_load_presets(monkeypatch, caplog):
 
 def test_legacy_vae_attention_names_are_read():
   state = torch_models(TINY)["vae"].state_dict()
-  legacy = {k.replace(".to_q.", ".query.").replace(".to_k.", ".key.").replace(".to_v.", ".value.")
-            .replace(".to_out.0.", ".proj_attn."): v for k, v in state.items()}
+  legacy = {
+    k.replace(".to_q.", ".query.")
+    .replace(".to_k.", ".key.")
+    .replace(".to_v.", ".value.")
+    .replace(".to_out.0.", ".proj_attn."): v
+    for k, v in state.items()
+  }
   assert "encoder.mid_block.attentions.0.proj_attn.weight" in legacy
   load_torch_state_dict(abstract(TINY).vae, _modernize_vae_keys(legacy))

@@ -5,12 +5,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from quantface_jax.data.degrade import blur
-from quantface_jax.data.degrade import degrade
-from quantface_jax.data.degrade import degrade_batch
-from quantface_jax.data.degrade import DegradationConfig
-from quantface_jax.data.degrade import gaussian_kernel
-from quantface_jax.data.degrade import sample_degradation
+from quantface_jax.data.degrade import (
+  DegradationConfig,
+  blur,
+  degrade,
+  degrade_batch,
+  gaussian_kernel,
+  sample_degradation,
+)
 
 
 def _face(size=64):
@@ -39,7 +41,7 @@ def test_batch_matches_single_and_is_thread_safe():
     degrade_batch(imgs, seeds[:2])
 
 
-@pytest.mark.parametrize('resolution', [128, 512])
+@pytest.mark.parametrize("resolution", [128, 512])
 def test_sampled_parameters_respect_ranges_scaled_to_resolution(resolution):
   cfg = DegradationConfig()
   scale = resolution / 512
@@ -72,20 +74,26 @@ def test_blur_preserves_constant_and_matches_direct_convolution():
   kernel = gaussian_kernel(9, 2.0, 1.0, 0.4)
   np.testing.assert_allclose(blur(flat, kernel), 0.3, atol=1e-6)
   img = _face(24)
-  padded = np.pad(img, ((4, 4), (4, 4), (0, 0)), mode='reflect')
+  padded = np.pad(img, ((4, 4), (4, 4), (0, 0)), mode="reflect")
   direct = np.zeros_like(img)
   for dy in range(9):
     for dx in range(9):
-      direct += kernel[8 - dy, 8 - dx] * padded[dy:dy + 24, dx:dx + 24]
+      direct += kernel[8 - dy, 8 - dx] * padded[dy : dy + 24, dx : dx + 24]
   np.testing.assert_allclose(blur(img, kernel), direct, atol=1e-5)
 
 
 def test_mild_config_stays_close_and_harsh_config_degrades():
   img = _face(128)
-  mild = dataclasses.replace(DegradationConfig(), blur_sigma=(0.1, 0.1), downsample=(1, 1),
-                             noise_sigma=(0, 0), jpeg_quality=(100, 100))
-  harsh = dataclasses.replace(mild, blur_sigma=(8, 8), downsample=(8, 8), noise_sigma=(20, 20),
-                              jpeg_quality=(60, 60))
+  mild = dataclasses.replace(
+    DegradationConfig(),
+    blur_sigma=(0.1, 0.1),
+    downsample=(1, 1),
+    noise_sigma=(0, 0),
+    jpeg_quality=(100, 100),
+  )
+  harsh = dataclasses.replace(
+    mild, blur_sigma=(8, 8), downsample=(8, 8), noise_sigma=(20, 20), jpeg_quality=(60, 60)
+  )
   rng = np.random.default_rng(0)
   assert np.abs(degrade(img, rng, mild) - img).mean() < 0.01
   assert np.abs(degrade(img, rng, harsh) - img).mean() > 0.03

@@ -18,7 +18,7 @@ def pair():
 
 def test_identical_images(pair):
   _, ref = pair
-  assert metrics.psnr(ref, ref) == float('inf')
+  assert metrics.psnr(ref, ref) == float("inf")
   assert metrics.ssim(ref, ref) == pytest.approx(1.0, abs=1e-12)
   assert metrics.ssim(ref, ref, test_y_channel=True) == pytest.approx(1.0, abs=1e-12)
 
@@ -30,15 +30,22 @@ def test_psnr_matches_skimage_and_ranges_agree(pair):
   assert metrics.psnr(out * 255, ref * 255, data_range=255) == pytest.approx(expected, abs=1e-4)
   u8 = lambda x: np.round(x * 255).astype(np.uint8)
   assert metrics.psnr(u8(out), u8(ref)) == pytest.approx(
-      skmetrics.peak_signal_noise_ratio(u8(ref), u8(out)), abs=1e-9)
+    skmetrics.peak_signal_noise_ratio(u8(ref), u8(out)), abs=1e-9
+  )
   assert metrics.fidelity_psnr(out, ref) == metrics.psnr(out, ref)
 
 
 def test_ssim_matches_skimage_gaussian_variant(pair):
   out, ref = pair
   expected = skmetrics.structural_similarity(
-      ref * 255.0, out * 255.0, data_range=255, channel_axis=-1, gaussian_weights=True, sigma=1.5,
-      use_sample_covariance=False)
+    ref * 255.0,
+    out * 255.0,
+    data_range=255,
+    channel_axis=-1,
+    gaussian_weights=True,
+    sigma=1.5,
+    use_sample_covariance=False,
+  )
   assert metrics.ssim(out, ref) == pytest.approx(expected, abs=1e-6)
 
 
@@ -51,7 +58,7 @@ def test_y_channel_and_crop_border(pair):
   assert metrics.psnr(out, ref, test_y_channel=True) == pytest.approx(expected, abs=1e-6)
   cropped = metrics.psnr(out[3:-3, 3:-3], ref[3:-3, 3:-3])
   assert metrics.psnr(out, ref, crop_border=3) == pytest.approx(cropped, abs=1e-12)
-  with pytest.raises(ValueError, match='shapes differ'):
+  with pytest.raises(ValueError, match="shapes differ"):
     metrics.psnr(out, ref[1:])
 
 
@@ -60,8 +67,8 @@ def test_compute_metrics(pair):
   big_out = np.stack([np.kron(out, np.ones((5, 5, 1)))] * 2)
   big_ref = np.stack([np.kron(ref, np.ones((5, 5, 1)))] * 2)
   result = metrics.compute_metrics(big_out, big_ref, workers=2)
-  assert set(result) == {'psnr', 'ssim', 'niqe', 'niqe_upsample'}
-  assert result['psnr'] == pytest.approx(metrics.psnr(big_out[0], big_ref[0]))
-  assert result['niqe_upsample'] == 1 and np.isfinite(result['niqe'])
+  assert set(result) == {"psnr", "ssim", "niqe", "niqe_upsample"}
+  assert result["psnr"] == pytest.approx(metrics.psnr(big_out[0], big_ref[0]))
+  assert result["niqe_upsample"] == 1 and np.isfinite(result["niqe"])
   small = metrics.compute_metrics(out[None, :40, :40], niqe_min_side=192)
-  assert set(small) == {'niqe', 'niqe_upsample'} and small['niqe_upsample'] == 5
+  assert set(small) == {"niqe", "niqe_upsample"} and small["niqe_upsample"] == 5

@@ -35,11 +35,11 @@ def test_niqe_basic_behaviour():
   assert np.isfinite(score) and score > 0
   assert metrics.niqe(noisy * 255, data_range=255) == pytest.approx(score)
   assert metrics.niqe(np.round(noisy * 255).astype(np.uint8)) == pytest.approx(score)
-  assert metrics.niqe(noisy, convention='basicsr') != score
-  with pytest.raises(ValueError, match='at least 192'):
+  assert metrics.niqe(noisy, convention="basicsr") != score
+  with pytest.raises(ValueError, match="at least 192"):
     metrics.niqe(noisy[:100])
-  with pytest.raises(ValueError, match='convention'):
-    metrics.niqe(noisy, convention='matlab')
+  with pytest.raises(ValueError, match="convention"):
+    metrics.niqe(noisy, convention="matlab")
 
 
 def test_niqe_any_size_upsamples_small_images():

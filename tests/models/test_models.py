@@ -5,7 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from quantface_jax.models import SD21, TINY, abstract, alpha_cumprod, parameter_counts, select_tokens
+from quantface_jax.models import (
+  SD21,
+  TINY,
+  abstract,
+  alpha_cumprod,
+  parameter_counts,
+  select_tokens,
+)
 
 
 def test_sd21_parameter_counts_match_release():

@@ -5,22 +5,36 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-
-from quantface_jax.models import TINY
 from reference import osdface as reference
 from reference.models import numpy_nchw, ours_from_torch, rel_err, torch_models
+
+from quantface_jax.models import TINY
 
 
 @pytest.fixture(scope="module")
 def restored():
   ref = torch_models(TINY)
   ours = ours_from_torch(TINY, ref)
-  lq = np.random.default_rng(0).uniform(-1, 1, (2, TINY.resolution, TINY.resolution, 3)).astype(np.float32)
-  want_image, want_tokens = reference.restore(TINY, ref["vre"], ref["embedding_change"], ref["vae"],
-                                              ref["unet"], torch.from_numpy(numpy_nchw(lq)))
+  lq = (
+    np.random.default_rng(0)
+    .uniform(-1, 1, (2, TINY.resolution, TINY.resolution, 3))
+    .astype(np.float32)
+  )
+  want_image, want_tokens = reference.restore(
+    TINY,
+    ref["vre"],
+    ref["embedding_change"],
+    ref["vae"],
+    ref["unet"],
+    torch.from_numpy(numpy_nchw(lq)),
+  )
   run = jax.jit(lambda x, dtype: (ours.restore(x, dtype=dtype), ours.vre(x)), static_argnums=1)
-  return dict(want_image=want_image.numpy(), want_tokens=want_tokens.numpy(),
-              fp32=run(lq, jnp.float32), bf16=run(lq, jnp.bfloat16))
+  return dict(
+    want_image=want_image.numpy(),
+    want_tokens=want_tokens.numpy(),
+    fp32=run(lq, jnp.float32),
+    bf16=run(lq, jnp.bfloat16),
+  )
 
 
 def test_restore_matches_torch_pipeline(restored):

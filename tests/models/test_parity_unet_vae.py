@@ -4,9 +4,9 @@ import jax
 import numpy as np
 import pytest
 import torch
+from reference.models import numpy_nchw, ours_from_torch, rel_err, torch_models
 
 from quantface_jax.models import TINY
-from reference.models import numpy_nchw, ours_from_torch, rel_err, torch_models
 
 TOL = 1e-4
 
@@ -25,8 +25,11 @@ def test_unet_matches_diffusers(models):
   t = np.array([399, 17])
   got = jax.jit(lambda z, t, c: ours.unet(z, t, c))(z, t, context)
   with torch.no_grad():
-    want = ref["unet"](torch.from_numpy(numpy_nchw(z)), torch.from_numpy(t),
-                       encoder_hidden_states=torch.from_numpy(context)).sample
+    want = ref["unet"](
+      torch.from_numpy(numpy_nchw(z)),
+      torch.from_numpy(t),
+      encoder_hidden_states=torch.from_numpy(context),
+    ).sample
   assert rel_err(numpy_nchw(got), want) <= TOL
 
 

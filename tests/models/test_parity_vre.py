@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-
-from quantface_jax.models import TINY, VRE
 from reference.models import load_vre, numpy_nchw, randomize_, rel_err
 from reference.vre import VRE as ReferenceVRE
+
+from quantface_jax.models import TINY, VRE
 
 CFG = dataclasses.replace(TINY.vre, n_embed=256)  # 256 codes: enough for 77 unique winners
 
@@ -28,13 +28,17 @@ def _pair(codebook):
 
 
 def _images(seed=0):
-  return np.random.default_rng(seed).uniform(-1, 1, (3, CFG.resolution, CFG.resolution, 3)).astype(np.float32)
+  return (
+    np.random.default_rng(seed)
+    .uniform(-1, 1, (3, CFG.resolution, CFG.resolution, 3))
+    .astype(np.float32)
+  )
 
 
 def _spread(latents):
   """Codes at other images' latents plus noise: many distinct winners, distances far from rounding."""
   gen = torch.Generator().manual_seed(5)
-  picks = latents[torch.randperm(latents.shape[0], generator=gen)[:CFG.n_embed]]
+  picks = latents[torch.randperm(latents.shape[0], generator=gen)[: CFG.n_embed]]
   return picks + 0.3 * latents.std() * torch.randn(picks.shape, generator=gen)
 
 
@@ -51,9 +55,13 @@ def test_tokens_identical_to_reference_loop(codebook, many):
   lq = _images()
   with torch.no_grad():
     want = ref(torch.from_numpy(numpy_nchw(lq))).numpy()
-    want_latents = torch.cat([ref.latents(torch.from_numpy(numpy_nchw(lq[i:i + 1]))) for i in range(3)])
+    want_latents = torch.cat(
+      [ref.latents(torch.from_numpy(numpy_nchw(lq[i : i + 1]))) for i in range(3)]
+    )
   got_latents, got = jax.jit(lambda x: (ours.encode(x), ours(x)))(lq)
   assert rel_err(got_latents, want_latents) <= 1e-4
   filled = (np.abs(want).sum(-1) > 0).sum(-1)
-  assert (filled == CFG.num_tokens).all() if many else (filled < 6).all(), filled  # the case is exercised
+  assert (filled == CFG.num_tokens).all() if many else (filled < 6).all(), (
+    filled
+  )  # the case is exercised
   np.testing.assert_array_equal(np.asarray(got), want)

@@ -39,7 +39,9 @@ def test_remat_keeps_values_and_gradients():
   (loss, grads), plain = loss_and_grads(model)
   assert set_remat(model, True) > 0
   (loss_r, grads_r), remat = loss_and_grads(model)
-  is_remat = lambda names: any(n.startswith(("remat", "checkpoint")) for n in names)  # "remat2" in jax 0.10
+  is_remat = lambda names: any(
+    n.startswith(("remat", "checkpoint")) for n in names
+  )  # "remat2" in jax 0.10
   assert not is_remat(plain) and is_remat(remat)  # the flag reaches the program
   np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
   for (path, g), (_, g_r) in zip(nnx.to_flat_state(grads), nnx.to_flat_state(grads_r)):

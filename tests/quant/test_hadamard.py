@@ -12,7 +12,7 @@ OTHER_DIMS = (1, 2, 12, 20, 24, 28, 36, 44, 48, 60, 368, 768)  # Paley I/II, Kro
 BLOCK_DIAGONAL_DIMS = (6, 7, 100)  # No full-order construction here: blocks of 2, 1, 20.
 
 
-@pytest.mark.parametrize('d', SD21_DIMS + OTHER_DIMS)
+@pytest.mark.parametrize("d", SD21_DIMS + OTHER_DIMS)
 def test_hadamard_matrix_is_exact(d):
   h = hd.hadamard_matrix(d)
   assert h.shape == (d, d) and np.all(np.abs(h) == 1)
@@ -28,7 +28,7 @@ def test_sd21_factorizations():
     assert (f.dense.shape[0], f.log2_sylvester) == (order, log2)
 
 
-@pytest.mark.parametrize('d', BLOCK_DIAGONAL_DIMS)
+@pytest.mark.parametrize("d", BLOCK_DIAGONAL_DIMS)
 def test_block_diagonal_fallback_is_orthogonal(d):
   f = hd.hadamard_factors(d)
   assert f.num_blocks > 1 and f.num_blocks * f.block_order == d
@@ -52,10 +52,11 @@ def test_rotation_is_orthogonal_and_deterministic():
   np.testing.assert_array_equal(hd.random_hadamard(8, None).signs, np.ones(8))
   # Pinned: the signs come from numpy's PCG64, not from jax's PRNG.
   np.testing.assert_array_equal(
-      hd.random_hadamard(8, 0).signs, 2 * np.random.default_rng(0).integers(0, 2, 8) - 1)
+    hd.random_hadamard(8, 0).signs, 2 * np.random.default_rng(0).integers(0, 2, 8) - 1
+  )
 
 
-@pytest.mark.parametrize('d', SD21_DIMS + (12, 36, 6, 100))
+@pytest.mark.parametrize("d", SD21_DIMS + (12, 36, 6, 100))
 def test_fast_transform_equals_dense(d):
   spec = hd.random_hadamard(d, seed=d)
   q = hd.dense_rotation(spec)
@@ -65,8 +66,12 @@ def test_fast_transform_equals_dense(d):
   @jax.jit
   def transforms(x, xt):
     y = hd.apply_hadamard(x, spec)
-    return (y, hd.apply_hadamard_transpose(x, spec), hd.apply_hadamard_transpose(y, spec),
-            hd.apply_hadamard(xt, spec, axis=0))
+    return (
+      y,
+      hd.apply_hadamard_transpose(x, spec),
+      hd.apply_hadamard_transpose(y, spec),
+      hd.apply_hadamard(xt, spec, axis=0),
+    )
 
   y, y_inverse, roundtrip, yt = transforms(x, xt)
   assert y.shape == x.shape and y.dtype == jnp.float32
@@ -77,7 +82,7 @@ def test_fast_transform_equals_dense(d):
   np.testing.assert_allclose(yt, q.T @ xt, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize('d', (320, 1280))
+@pytest.mark.parametrize("d", (320, 1280))
 def test_bfloat16_inputs(d):
   spec = hd.random_hadamard(d, seed=1)
   x = jnp.asarray(np.random.default_rng(1).standard_normal((4, d)), jnp.bfloat16)
@@ -86,7 +91,7 @@ def test_bfloat16_inputs(d):
   assert y.dtype == jnp.bfloat16
   expected = np.asarray(x, np.float64) @ hd.dense_rotation(spec)
   # f32 math, one bf16 rounding of the result (relative 2**-8).
-  np.testing.assert_allclose(np.asarray(y, np.float64), expected, rtol=2 ** -8, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(y, np.float64), expected, rtol=2**-8, atol=1e-6)
   np.testing.assert_array_equal(y, rotate(x.astype(jnp.float32), spec).astype(jnp.bfloat16))
 
 

@@ -9,12 +9,12 @@ from quantface_jax.quant import quantizers as qz
 
 BITS = (2, 3, 4, 5, 6, 8)
 LAYOUTS = (
-    dict(granularity='per_tensor'),
-    dict(granularity='per_channel', axis=-1),
-    dict(granularity='per_channel', axis=0),
-    dict(granularity='per_token'),
-    dict(granularity='per_group', axis=0, group_size=8),
-    dict(granularity='per_group', axis=-1, group_size=4),
+  dict(granularity="per_tensor"),
+  dict(granularity="per_channel", axis=-1),
+  dict(granularity="per_channel", axis=0),
+  dict(granularity="per_token"),
+  dict(granularity="per_group", axis=0, group_size=8),
+  dict(granularity="per_group", axis=-1, group_size=4),
 )
 
 
@@ -23,8 +23,8 @@ def _x(shape=(32, 24), seed=0, dtype=np.float32):
   return jnp.asarray(x, dtype)
 
 
-@pytest.mark.parametrize('layout', LAYOUTS, ids=lambda l: '-'.join(map(str, l.values())))
-@pytest.mark.parametrize('symmetric', (True, False))
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: "-".join(map(str, layout.values())))
+@pytest.mark.parametrize("symmetric", (True, False))
 def test_error_bound_codes_and_integer_path(layout, symmetric):
   @jax.jit
   def roundtrip(x, bits):
@@ -32,36 +32,40 @@ def test_error_bound_codes_and_integer_path(layout, symmetric):
     y = qz.fake_quant(x, scale, zp, bits, symmetric=symmetric)
     codes = qz.quantize_int(x, scale, zp, bits, symmetric=symmetric)
     refit = qz.compute_qparams(y, bits, symmetric=symmetric, **layout)
-    return dict(step=qz.expand_groups(scale, x.shape), y=y, codes=codes,
-                dequantized=qz.dequantize(codes, scale, zp),
-                again=qz.fake_quant(y, scale, zp, bits, symmetric=symmetric),
-                refitted=qz.fake_quant(y, *refit, bits, symmetric=symmetric))
+    return dict(
+      step=qz.expand_groups(scale, x.shape),
+      y=y,
+      codes=codes,
+      dequantized=qz.dequantize(codes, scale, zp),
+      again=qz.fake_quant(y, scale, zp, bits, symmetric=symmetric),
+      refitted=qz.fake_quant(y, *refit, bits, symmetric=symmetric),
+    )
 
   x = _x()
   for bits in BITS:
     r = roundtrip(x, bits)
     # No clipping here (range fitted to x): the error is at most half a step everywhere.
-    assert np.all(np.abs(x - r['y']) <= r['step'] / 2 * (1 + 1e-5))
-    assert r['codes'].dtype == (jnp.int8 if symmetric else jnp.uint8)
-    codes = np.asarray(r['codes'], np.int32)
-    lo, hi = (-2 ** (bits - 1), 2 ** (bits - 1) - 1) if symmetric else (0, 2 ** bits - 1)
+    assert np.all(np.abs(x - r["y"]) <= r["step"] / 2 * (1 + 1e-5))
+    assert r["codes"].dtype == (jnp.int8 if symmetric else jnp.uint8)
+    codes = np.asarray(r["codes"], np.int32)
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
     assert codes.min() >= lo and codes.max() <= hi
-    np.testing.assert_array_equal(r['dequantized'], r['y'])
+    np.testing.assert_array_equal(r["dequantized"], r["y"])
     # Idempotent with the same parameters (bit for bit), and with refitted ones (to rounding).
-    np.testing.assert_array_equal(r['again'], r['y'])
-    np.testing.assert_allclose(r['refitted'], r['y'], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(r["again"], r["y"])
+    np.testing.assert_allclose(r["refitted"], r["y"], rtol=1e-5, atol=1e-6)
 
 
 def test_parameter_shapes():
   x = _x((4, 6, 8))
-  shapes = {'per_tensor': (1, 1, 1), 'per_token': (4, 6, 1)}
+  shapes = {"per_tensor": (1, 1, 1), "per_token": (4, 6, 1)}
   for granularity, shape in shapes.items():
     assert qz.compute_qparams(x, 4, granularity=granularity)[0].shape == shape
-  assert qz.compute_qparams(x, 4, granularity='per_channel', axis=1)[0].shape == (1, 6, 1)
-  scale, _ = qz.compute_qparams(x, 4, granularity='per_group', axis=-1, group_size=2)
+  assert qz.compute_qparams(x, 4, granularity="per_channel", axis=1)[0].shape == (1, 6, 1)
+  scale, _ = qz.compute_qparams(x, 4, granularity="per_group", axis=-1, group_size=2)
   assert scale.shape == (4, 6, 4)
   with pytest.raises(ValueError):
-    qz.compute_qparams(x, 4, granularity='per_group', axis=-1, group_size=3)
+    qz.compute_qparams(x, 4, granularity="per_group", axis=-1, group_size=3)
 
 
 def test_asymmetric_range_is_widened_to_hold_an_exact_zero():
@@ -73,18 +77,20 @@ def test_asymmetric_range_is_widened_to_hold_an_exact_zero():
     assert y[0, 0].item() == 0.0
 
 
-@pytest.mark.parametrize('dtype', (jnp.float32, jnp.bfloat16))
+@pytest.mark.parametrize("dtype", (jnp.float32, jnp.bfloat16))
 def test_passthrough_is_exact_identity(dtype):
   @jax.jit
   def variants(x):
     scale, zp = qz.compute_qparams(x, 4)
-    return [qz.fake_quant(x, scale, zp, 16, symmetric=True),
-            qz.fake_quant(x, scale, zp, 32, symmetric=True),
-            qz.fake_quant(x, scale, zp, 4, symmetric=True, enabled=jnp.asarray(False)),
-            qz.fake_quant_tensor(x, 16, qz.WEIGHT_PER_CHANNEL),
-            qz.fake_quant_tensor(x, 4, qz.QuantizerConfig(enabled=False)),
-            qz.fake_quant_static(x, -1.0, 1.0, 16),
-            qz.fake_quant(x, scale, zp, 4, symmetric=True)]
+    return [
+      qz.fake_quant(x, scale, zp, 16, symmetric=True),
+      qz.fake_quant(x, scale, zp, 32, symmetric=True),
+      qz.fake_quant(x, scale, zp, 4, symmetric=True, enabled=jnp.asarray(False)),
+      qz.fake_quant_tensor(x, 16, qz.WEIGHT_PER_CHANNEL),
+      qz.fake_quant_tensor(x, 4, qz.QuantizerConfig(enabled=False)),
+      qz.fake_quant_static(x, -1.0, 1.0, 16),
+      qz.fake_quant(x, scale, zp, 4, symmetric=True),
+    ]
 
   x = _x(dtype=dtype)
   *passed, quantized = variants(x)
@@ -146,8 +152,8 @@ def test_lsq_gradients_of_scale_and_zero_point():
   np.testing.assert_allclose(g, 1 / np.sqrt(7 * 7), rtol=1e-6)
   assert qz.scale_gradient(scale, g) == scale
   np.testing.assert_allclose(
-      jax.grad(lambda s: fq(x, qz.scale_gradient(s, g), zp).sum())(scale), expected * g,
-      rtol=1e-5)
+    jax.grad(lambda s: fq(x, qz.scale_gradient(s, g), zp).sum())(scale), expected * g, rtol=1e-5
+  )
 
 
 def test_clip_search_never_worse_than_no_clip():
@@ -157,8 +163,8 @@ def test_clip_search_never_worse_than_no_clip():
 
   @jax.jit
   def errors(w, bits):
-    scale, zp, ratio = qz.search_clip_ratio(w, bits, granularity='per_channel', axis=-1)
-    plain = qz.compute_qparams(w, bits, granularity='per_channel', axis=-1)
+    scale, zp, ratio = qz.search_clip_ratio(w, bits, granularity="per_channel", axis=-1)
+    plain = qz.compute_qparams(w, bits, granularity="per_channel", axis=-1)
     error = lambda s, z: jnp.square(qz.fake_quant(w, s, z, bits, symmetric=True) - w).sum(0)
     return error(scale, zp), error(*plain), ratio
 
@@ -176,18 +182,20 @@ def test_per_token_integer_serving_path():
   assert codes.dtype == jnp.int8 and scale.shape == (3, 5, 1)
   np.testing.assert_array_equal(np.abs(np.asarray(codes, np.int32)).max(-1), 127)
   np.testing.assert_array_equal(
-      qz.dequantize(codes, scale, 0.0).astype(jnp.bfloat16),
-      qz.fake_quant_tensor(x, 8, qz.ACT_DYNAMIC_PER_TOKEN))
+    qz.dequantize(codes, scale, 0.0).astype(jnp.bfloat16),
+    qz.fake_quant_tensor(x, 8, qz.ACT_DYNAMIC_PER_TOKEN),
+  )
 
 
 def test_config_validation():
   with pytest.raises(ValueError):
-    qz.QuantizerConfig(granularity='per_row')
+    qz.QuantizerConfig(granularity="per_row")
   with pytest.raises(ValueError):
-    qz.QuantizerConfig(granularity='per_group')
+    qz.QuantizerConfig(granularity="per_group")
   with pytest.raises(ValueError):
     qz.QuantizerConfig(clip_search=True, clip_ratios=(0.9, 0.8))
   with pytest.raises(TypeError):
     qz.QuantizerConfig(4)  # Keyword-only.
-  assert hash(qz.WEIGHT_PER_CHANNEL) == hash(qz.QuantizerConfig(granularity='per_channel',
-                                                                  clip_search=True))
+  assert hash(qz.WEIGHT_PER_CHANNEL) == hash(
+    qz.QuantizerConfig(granularity="per_channel", clip_search=True)
+  )

@@ -21,22 +21,39 @@ from reference.vre import VRE
 
 
 def unet_diffusers_config(c):
-  return dict(sample_size=8, in_channels=c.in_channels, out_channels=c.out_channels,
-              down_block_types=list(c.down_block_types), up_block_types=list(c.up_block_types),
-              block_out_channels=list(c.block_out_channels), layers_per_block=c.layers_per_block,
-              attention_head_dim=list(c.num_attention_heads), cross_attention_dim=c.cross_attention_dim,
-              use_linear_projection=c.use_linear_projection, norm_num_groups=c.norm_num_groups,
-              norm_eps=c.norm_eps, flip_sin_to_cos=c.flip_sin_to_cos, freq_shift=c.freq_shift,
-              transformer_layers_per_block=c.transformer_layers_per_block)
+  return dict(
+    sample_size=8,
+    in_channels=c.in_channels,
+    out_channels=c.out_channels,
+    down_block_types=list(c.down_block_types),
+    up_block_types=list(c.up_block_types),
+    block_out_channels=list(c.block_out_channels),
+    layers_per_block=c.layers_per_block,
+    attention_head_dim=list(c.num_attention_heads),
+    cross_attention_dim=c.cross_attention_dim,
+    use_linear_projection=c.use_linear_projection,
+    norm_num_groups=c.norm_num_groups,
+    norm_eps=c.norm_eps,
+    flip_sin_to_cos=c.flip_sin_to_cos,
+    freq_shift=c.freq_shift,
+    transformer_layers_per_block=c.transformer_layers_per_block,
+  )
 
 
 def vae_diffusers_config(c):
   n = len(c.block_out_channels)
-  return dict(in_channels=c.in_channels, out_channels=c.out_channels,
-              down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
-              block_out_channels=list(c.block_out_channels), layers_per_block=c.layers_per_block,
-              latent_channels=c.latent_channels, norm_num_groups=c.norm_num_groups,
-              scaling_factor=c.scaling_factor, sample_size=32)
+  return dict(
+    in_channels=c.in_channels,
+    out_channels=c.out_channels,
+    down_block_types=["DownEncoderBlock2D"] * n,
+    up_block_types=["UpDecoderBlock2D"] * n,
+    block_out_channels=list(c.block_out_channels),
+    layers_per_block=c.layers_per_block,
+    latent_channels=c.latent_channels,
+    norm_num_groups=c.norm_num_groups,
+    scaling_factor=c.scaling_factor,
+    sample_size=32,
+  )
 
 
 def randomize_(module, seed):
@@ -52,15 +69,18 @@ def randomize_(module, seed):
   return module.eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def torch_models(cfg, seed=0):
   """dict(unet, vae, vre, embedding_change) of torch modules for an OSDFaceConfig, randomized, eval."""
   torch.manual_seed(seed)
   models = dict(
-      unet=UNet2DConditionModel(**unet_diffusers_config(cfg.unet)),
-      vae=AutoencoderKL(**vae_diffusers_config(cfg.vae)),
-      vre=VRE(cfg.vre),
-      embedding_change=EmbeddingChange(cfg.vre.embed_dim, cfg.embedding_hidden, cfg.unet.cross_attention_dim))
+    unet=UNet2DConditionModel(**unet_diffusers_config(cfg.unet)),
+    vae=AutoencoderKL(**vae_diffusers_config(cfg.vae)),
+    vre=VRE(cfg.vre),
+    embedding_change=EmbeddingChange(
+      cfg.vre.embed_dim, cfg.embedding_hidden, cfg.unet.cross_attention_dim
+    ),
+  )
   for i, m in enumerate(models.values()):
     randomize_(m, seed + i)
   return models
@@ -79,8 +99,12 @@ def random_ours(cfg, seed=0):
 
 def load_vre(ours, ref):
   """Our VRE (in place) from the reference VRE, keyed as in associate_2.ckpt."""
-  return load_torch_state_dict(ours, {VRE_PREFIX + k: v for k, v in ref.state_dict().items()},
-                               prefix=VRE_PREFIX, renames=VRE_RENAMES)
+  return load_torch_state_dict(
+    ours,
+    {VRE_PREFIX + k: v for k, v in ref.state_dict().items()},
+    prefix=VRE_PREFIX,
+    renames=VRE_RENAMES,
+  )
 
 
 def ours_from_torch(cfg, models):
@@ -97,9 +121,11 @@ def lora_unet(base, *, rank, alpha, targets, seed=0):
   ``pytorch_lora_weights.safetensors`` holds it: ``unet.<module>.lora_A.weight`` ...)."""
   from peft import LoraConfig
   from peft.utils import get_peft_model_state_dict
+
   unet = copy.deepcopy(base)
-  unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets),
-                              init_lora_weights="gaussian"))
+  unet.add_adapter(
+    LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights="gaussian")
+  )
   gen = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for name, p in unet.named_parameters():
@@ -127,20 +153,37 @@ def write_release(root, cfg, models, lora, *, weights="safetensors", lora_metada
     else:
       torch.save(state, sd / name / "diffusion_pytorch_model.bin")
   (sd / "scheduler").mkdir()
-  (sd / "scheduler" / "scheduler_config.json").write_text(json.dumps(dict(
-      _class_name="DDPMScheduler", beta_start=cfg.beta_start, beta_end=cfg.beta_end,
-      beta_schedule="scaled_linear", num_train_timesteps=cfg.num_train_timesteps)))
+  (sd / "scheduler" / "scheduler_config.json").write_text(
+    json.dumps(
+      dict(
+        _class_name="DDPMScheduler",
+        beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=cfg.num_train_timesteps,
+      )
+    )
+  )
   osd.mkdir()
   save_file(lora, str(osd / "pytorch_lora_weights.safetensors"), metadata=lora_metadata)
   vre_state = {VRE_PREFIX + k: v for k, v in models["vre"].state_dict().items()}
   gen = torch.Generator().manual_seed(1)
-  extra = {"vqvae_LQ.decoder.conv_in.weight": (8, cfg.vre.embed_dim, 3, 3), "vqvae_LQ.post_quant_conv.weight":
-           (cfg.vre.embed_dim, cfg.vre.embed_dim, 1, 1), "vqvae_HQ.encoder.conv_in.weight": (8, 3, 3, 3),
-           "vqvae_HQ.quantize.embedding.weight": (16, cfg.vre.embed_dim)}
+  extra = {
+    "vqvae_LQ.decoder.conv_in.weight": (8, cfg.vre.embed_dim, 3, 3),
+    "vqvae_LQ.post_quant_conv.weight": (cfg.vre.embed_dim, cfg.vre.embed_dim, 1, 1),
+    "vqvae_HQ.encoder.conv_in.weight": (8, 3, 3, 3),
+    "vqvae_HQ.quantize.embedding.weight": (16, cfg.vre.embed_dim),
+  }
   vre_state.update({k: torch.randn(s, generator=gen) for k, s in extra.items()})
-  torch.save({"state_dict": vre_state, "hyper_parameters": HyperParameters(lr=1e-4, name="osdface"),
-              "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(3)}}}], "epoch": 2},
-             osd / "associate_2.ckpt")
+  torch.save(
+    {
+      "state_dict": vre_state,
+      "hyper_parameters": HyperParameters(lr=1e-4, name="osdface"),
+      "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(3)}}}],
+      "epoch": 2,
+    },
+    osd / "associate_2.ckpt",
+  )
   torch.save(models["embedding_change"].state_dict(), osd / "embedding_change_weights.pth")
   return sd, osd
 

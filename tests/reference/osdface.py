@@ -19,8 +19,12 @@ class EmbeddingChange(nn.Module):
 
 
 def alpha_cumprod(cfg):
-  betas = torch.linspace(cfg.beta_start ** 0.5, cfg.beta_end ** 0.5, cfg.num_train_timesteps,
-                         dtype=torch.float64) ** 2
+  betas = (
+    torch.linspace(
+      cfg.beta_start**0.5, cfg.beta_end**0.5, cfg.num_train_timesteps, dtype=torch.float64
+    )
+    ** 2
+  )
   return torch.cumprod(1.0 - betas, 0)[cfg.timestep]
 
 

@@ -19,7 +19,6 @@ def _swish(x):
 
 
 class ResnetBlock(nn.Module):
-
   def __init__(self, cin, cout, groups):
     super().__init__()
     self.norm1 = _norm(cin, groups)
@@ -36,7 +35,6 @@ class ResnetBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-
   def __init__(self, c, groups):
     super().__init__()
     self.norm = _norm(c, groups)
@@ -47,13 +45,12 @@ class AttnBlock(nn.Module):
     q, k, v = self.q(h), self.k(h), self.v(h)
     b, c, hh, ww = q.shape
     q = q.reshape(b, c, hh * ww).permute(0, 2, 1)
-    w_ = torch.softmax(torch.bmm(q, k.reshape(b, c, hh * ww)) * c ** -0.5, dim=2)
+    w_ = torch.softmax(torch.bmm(q, k.reshape(b, c, hh * ww)) * c**-0.5, dim=2)
     h = torch.bmm(v.reshape(b, c, hh * ww), w_.permute(0, 2, 1)).reshape(b, c, hh, ww)
     return x + self.proj_out(h)
 
 
 class Downsample(nn.Module):
-
   def __init__(self, c):
     super().__init__()
     self.conv = nn.Conv2d(c, c, 3, 2, 0)
@@ -63,9 +60,18 @@ class Downsample(nn.Module):
 
 
 class Encoder(nn.Module):
-
-  def __init__(self, *, in_channels, ch, ch_mult, num_res_blocks, attn_resolutions, resolution, z_channels,
-               groups):
+  def __init__(
+    self,
+    *,
+    in_channels,
+    ch,
+    ch_mult,
+    num_res_blocks,
+    attn_resolutions,
+    resolution,
+    z_channels,
+    groups,
+  ):
     super().__init__()
     self.conv_in = nn.Conv2d(in_channels, ch, 3, 1, 1)
     in_mult = (1,) + tuple(ch_mult)
@@ -86,7 +92,10 @@ class Encoder(nn.Module):
       self.down.append(level)
     self.mid = nn.Module()
     self.mid.block_1, self.mid.attn_1, self.mid.block_2 = (
-        ResnetBlock(cin, cin, groups), AttnBlock(cin, groups), ResnetBlock(cin, cin, groups))
+      ResnetBlock(cin, cin, groups),
+      AttnBlock(cin, groups),
+      ResnetBlock(cin, cin, groups),
+    )
     self.norm_out = _norm(cin, groups)
     self.conv_out = nn.Conv2d(cin, z_channels, 3, 1, 1)
 
@@ -104,7 +113,6 @@ class Encoder(nn.Module):
 
 
 class VectorQuantizer(nn.Module):
-
   def __init__(self, n_embed, embed_dim):
     super().__init__()
     self.embedding = nn.Embedding(n_embed, embed_dim)
@@ -117,9 +125,16 @@ class VRE(nn.Module):
   def __init__(self, cfg):
     super().__init__()
     self.num_tokens = cfg.num_tokens
-    self.encoder = Encoder(in_channels=cfg.in_channels, ch=cfg.ch, ch_mult=cfg.ch_mult,
-                           num_res_blocks=cfg.num_res_blocks, attn_resolutions=cfg.attn_resolutions,
-                           resolution=cfg.resolution, z_channels=cfg.z_channels, groups=cfg.norm_num_groups)
+    self.encoder = Encoder(
+      in_channels=cfg.in_channels,
+      ch=cfg.ch,
+      ch_mult=cfg.ch_mult,
+      num_res_blocks=cfg.num_res_blocks,
+      attn_resolutions=cfg.attn_resolutions,
+      resolution=cfg.resolution,
+      z_channels=cfg.z_channels,
+      groups=cfg.norm_num_groups,
+    )
     self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
     self.quantize = VectorQuantizer(cfg.n_embed, cfg.embed_dim)
 
@@ -131,7 +146,7 @@ class VRE(nn.Module):
   def tokens_one(self, z):
     """The DESIGN §1 rule for one image: z (P, D) -> (num_tokens, D)."""
     e = self.quantize.embedding.weight
-    d = (z ** 2).sum(1, keepdim=True) + (e ** 2).sum(1) - 2 * z @ e.t()
+    d = (z**2).sum(1, keepdim=True) + (e**2).sum(1) - 2 * z @ e.t()
     dist, idx = d.min(1)
     codes = []
     for p in torch.argsort(dist, stable=True).tolist():
@@ -140,8 +155,10 @@ class VRE(nn.Module):
       if len(codes) == self.num_tokens:
         break
     out = torch.zeros(self.num_tokens, e.shape[1], dtype=e.dtype, device=e.device)
-    out[:len(codes)] = e[codes]
+    out[: len(codes)] = e[codes]
     return out
 
   def forward(self, lq):
-    return torch.stack([self.tokens_one(self.latents(lq[i:i + 1])[0]) for i in range(lq.shape[0])])
+    return torch.stack(
+      [self.tokens_one(self.latents(lq[i : i + 1])[0]) for i in range(lq.shape[0])]
+    )

@@ -19,7 +19,11 @@ def test_layers_are_the_quantized_ones_with_their_shapes():
   assert {r["path"]: r["w_bits"] for r in rows} == {p: b[0] for p, b in get_bits(qmodel).items()}
   conv_in = next(r for r in rows if r["path"] == "vae.encoder.conv_in")
   res = build("tiny").config.resolution
-  assert (conv_in["M"], conv_in["K"], conv_in["in_elems"]) == (2 * res * res, 9 * 3, 2 * res * res * 3)
+  assert (conv_in["M"], conv_in["K"], conv_in["in_elems"]) == (
+    2 * res * res,
+    9 * 3,
+    2 * res * res * 3,
+  )
 
 
 def test_floors_keep_their_order():

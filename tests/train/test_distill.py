@@ -6,6 +6,8 @@ import os
 import numpy as np
 import pytest
 from flax import nnx
+from test_fp_stages import synthetic_faces
+from test_trainer import Interrupted, flat, interrupted_at
 
 from quantface_jax import checkpoint
 from quantface_jax.quant import qdlora
@@ -13,8 +15,6 @@ from quantface_jax.quant.export import load_quantized
 from quantface_jax.train import distill, fp_stages
 from quantface_jax.train.config_utils import apply_overrides, load_config_file
 from quantface_jax.train.logging import read_metrics
-from test_fp_stages import synthetic_faces
-from test_trainer import Interrupted, flat, interrupted_at
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -36,8 +36,13 @@ def shared_quantized(tmp_path_factory):
 
 
 def stage_for(config, quantized, batches):
-  student = qdlora.to_qdlora(quantized, rank=config.qdlora.rank, lora_rank=config.qdlora.lora_rank,
-                             sigma=config.qdlora.sigma, seed=config.qdlora.seed)
+  student = qdlora.to_qdlora(
+    quantized,
+    rank=config.qdlora.rank,
+    lora_rank=config.qdlora.lora_rank,
+    sigma=config.qdlora.sigma,
+    seed=config.qdlora.seed,
+  )
   return distill.distill_stage(student, checkpoint.load("tiny"), config, batches, [])
 
 
@@ -68,16 +73,21 @@ def test_loss_falls_only_branches_train_and_resume_is_bit_exact(setup, tmp_path)
   losses = [r["loss"] for r in read_metrics(str(tmp_path / "full"), distill.STAGE)]
   assert losses[-1] < 0.95 * losses[0], losses  # 6 steps, the first at lr 0 (warmup)
   trained = {k for k, _ in nnx.to_flat_state(nnx.state(stage.module, stage.trainable))}
-  assert trained and all(k[0] == "student" and k[-1] in ("svd_down", "svd_up", "lora_down", "lora_up")
-                         for k in trained)
+  assert trained and all(
+    k[0] == "student" and k[-1] in ("svd_down", "svd_up", "lora_down", "lora_up") for k in trained
+  )
   for key in before:  # lora_down too: its gradient is 0 only while lora_up is (step 1)
     assert (not np.array_equal(before[key], after[key])) == (key in trained), key
 
   with pytest.raises(Interrupted):
-    distill.fit(stage_for(config, quantized, interrupted_at(fixed, 3)), distill.trainer_config(config),
-                str(tmp_path / "cut"))
-  resumed = distill.fit(stage_for(config, quantized, fixed), distill.trainer_config(config),
-                        str(tmp_path / "cut"))
+    distill.fit(
+      stage_for(config, quantized, interrupted_at(fixed, 3)),
+      distill.trainer_config(config),
+      str(tmp_path / "cut"),
+    )
+  resumed = distill.fit(
+    stage_for(config, quantized, fixed), distill.trainer_config(config), str(tmp_path / "cut")
+  )
   assert resumed.steps_run == 4  # restored at step 2 (checkpoint_every=2)
   for key, value in flat(resumed.module, ...).items():
     np.testing.assert_array_equal(value, after[key], err_msg=str(key))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
+from quantface_jax.checkpoint import flat_params, load_safetensors, save_safetensors
 from quantface_jax.models.osdface import build
 from quantface_jax.train import apply_overrides, losses
-from quantface_jax.checkpoint import flat_params, load_safetensors, save_safetensors
 
 
 def test_export_round_trip_fp16(tmp_path):
@@ -25,11 +25,20 @@ def test_export_round_trip_fp16(tmp_path):
   assert load_safetensors(path).config == model.config  # a .safetensors path works too
 
 
-@pytest.mark.parametrize("edit,message", [
+@pytest.mark.parametrize(
+  "edit,message",
+  [
     (lambda t: t.pop("unet.conv_in.kernel"), "missing keys: ['unet.conv_in.kernel']"),
-    (lambda t: t.__setitem__("unet.extra.kernel", np.zeros(2, np.float16)), "unexpected keys: ['unet.extra.kernel']"),
-    (lambda t: t.__setitem__("vae.quant_conv.bias", np.zeros(3, np.float16)), "mis-shaped keys: ['vae.quant_conv.bias"),
-])
+    (
+      lambda t: t.__setitem__("unet.extra.kernel", np.zeros(2, np.float16)),
+      "unexpected keys: ['unet.extra.kernel']",
+    ),
+    (
+      lambda t: t.__setitem__("vae.quant_conv.bias", np.zeros(3, np.float16)),
+      "mis-shaped keys: ['vae.quant_conv.bias",
+    ),
+  ],
+)
 def test_export_strict_errors(tmp_path, edit, message):
   path = save_safetensors(build("tiny"), str(tmp_path))
   tensors = safetensors.numpy.load_file(path)
@@ -40,28 +49,63 @@ def test_export_strict_errors(tmp_path, edit, message):
 
 
 def _config():
-  return ml_collections.ConfigDict(dict(seed=0, lr=1e-3, name="a", flag=False, shape=(1, 2), opt=None,
-                                        stage=dict(unet=dict(steps=10)), quant=dict(overrides=dict(alpha=0.5))))
+  return ml_collections.ConfigDict(
+    dict(
+      seed=0,
+      lr=1e-3,
+      name="a",
+      flag=False,
+      shape=(1, 2),
+      opt=None,
+      stage=dict(unet=dict(steps=10)),
+      quant=dict(overrides=dict(alpha=0.5)),
+    )
+  )
 
 
 def test_overrides_coerce_to_existing_types():
-  c = apply_overrides(_config(), ["seed=3", "--config.lr=2e-4", "name=b", "flag=true", "shape=(3, 4, 5)",
-                                  "opt=[1, 2]", "stage.unet.steps=100"])
+  c = apply_overrides(
+    _config(),
+    [
+      "seed=3",
+      "--config.lr=2e-4",
+      "name=b",
+      "flag=true",
+      "shape=(3, 4, 5)",
+      "opt=[1, 2]",
+      "stage.unet.steps=100",
+    ],
+  )
   assert (c.seed, c.lr, c.name, c.flag, c.shape, c.opt, c.stage.unet.steps) == (
-      3, 2e-4, "b", True, (3, 4, 5), [1, 2], 100)
+    3,
+    2e-4,
+    "b",
+    True,
+    (3, 4, 5),
+    [1, 2],
+    100,
+  )
   assert isinstance(c.lr, float) and isinstance(c.stage.unet.steps, int)
 
 
-@pytest.mark.parametrize("override,key", [("stage.vae.steps=1", "stage.vae"), ("stage.unet.stepz=1", "stage.unet.stepz"),
-                                          ("nope=1", "nope")])
+@pytest.mark.parametrize(
+  "override,key",
+  [
+    ("stage.vae.steps=1", "stage.vae"),
+    ("stage.unet.stepz=1", "stage.unet.stepz"),
+    ("nope=1", "nope"),
+  ],
+)
 def test_overrides_unknown_key_names_it(override, key):
   with pytest.raises(KeyError, match=key):
     apply_overrides(_config(), [override])
 
 
 def test_overrides_free_form_section_takes_new_keys():
-  c = apply_overrides(_config(), ["quant.overrides.low_rank=0", "quant.overrides.a_mode=dynamic",
-                                  "quant.overrides.alpha=0.7"])
+  c = apply_overrides(
+    _config(),
+    ["quant.overrides.low_rank=0", "quant.overrides.a_mode=dynamic", "quant.overrides.alpha=0.7"],
+  )
   assert dict(c.quant.overrides) == dict(alpha=0.7, low_rank=0, a_mode="dynamic")
   with pytest.raises(KeyError, match="quant.low_rank"):  # the section above it stays closed
     apply_overrides(_config(), ["quant.low_rank=0"])
@@ -85,6 +129,7 @@ def test_losses():
   with pytest.raises(KeyError, match="sobel"):
     losses.weighted_sum({"sobel": 1.0}, {})
   from quantface_jax.models.osdface import build
+
   enc = build("tiny").vre.encoder
   assert float(losses.feature_loss(enc, a[:, :32, :32] * 2 - 1, a * 2 - 1)) == 0.0
   assert float(losses.feature_loss(enc, -a * 2 + 1, a * 2 - 1)) > 0.0

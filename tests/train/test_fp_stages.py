@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from quantface_jax.checkpoint import save_safetensors
 from quantface_jax.data import io as image_io
 from quantface_jax.models.osdface import build
-from quantface_jax.checkpoint import save_safetensors
 from quantface_jax.train import fp_stages, initial_model, train_fp
 from quantface_jax.train.config_utils import apply_overrides, load_config_file
 from quantface_jax.train.logging import read_metrics
@@ -69,11 +69,14 @@ def test_init_from_starts_the_first_stage_from_a_saved_model(tmp_path):
   save_safetensors(source, str(tmp_path / "source"), dtype=np.float32)
   config = tiny_config(tmp_path, f"init_from={tmp_path / 'source'}")
   start = initial_model(config)
-  for (k, x), (_, y) in zip(nnx.to_flat_state(nnx.state(source, nnx.Param)),
-                            nnx.to_flat_state(nnx.state(start, nnx.Param))):
+  for (k, x), (_, y) in zip(
+    nnx.to_flat_state(nnx.state(source, nnx.Param)), nnx.to_flat_state(nnx.state(start, nnx.Param))
+  ):
     np.testing.assert_array_equal(np.asarray(x[...]), np.asarray(y[...]), err_msg=str(k))
   fresh = initial_model(tiny_config(tmp_path))  # no init_from: the preset at config.seed
-  assert not np.array_equal(np.asarray(fresh.unet.conv_in.kernel[...]), np.asarray(source.unet.conv_in.kernel[...]))
+  assert not np.array_equal(
+    np.asarray(fresh.unet.conv_in.kernel[...]), np.asarray(source.unet.conv_in.kernel[...])
+  )
   with pytest.raises(ValueError, match="model_resolution is 64"):
     initial_model(tiny_config(tmp_path, f"init_from={tmp_path / 'source'}", "model_resolution=64"))
 

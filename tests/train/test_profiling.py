@@ -58,14 +58,27 @@ def test_hlo_summary_of_a_compiled_norm_silu_quantize_conv():
     mean = x.mean(axis=(1, 2), keepdims=True)
     y = (x - mean) * jax.lax.rsqrt(jnp.square(x - mean).mean(axis=(1, 2), keepdims=True) + 1e-5)
     codes = jnp.clip(jnp.round(jax.nn.silu(y) / 0.05), -128, 127).astype(jnp.int8)
-    return jax.lax.conv_general_dilated(codes, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        preferred_element_type=jnp.int32)
+    return jax.lax.conv_general_dilated(
+      codes,
+      w,
+      (1, 1),
+      "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      preferred_element_type=jnp.int32,
+    )
 
-  text = jax.jit(layer).lower(jnp.ones((2, 8, 8, 8)), jnp.ones((3, 3, 8, 8), jnp.int8)).compile().as_text()
+  text = (
+    jax.jit(layer)
+    .lower(jnp.ones((2, 8, 8, 8)), jnp.ones((3, 3, 8, 8), jnp.int8))
+    .compile()
+    .as_text()
+  )
   summary = hlo_summary(text)
   assert sum(summary["convolutions"].values()) == 1, summary
   # XLA fuses the SiLU into the op writing the codes (the CPU backend writes them as s32 for its conv).
-  assert summary["integer_fusions_with_sigmoid"] == 1 and summary["float_fusions_with_sigmoid"] == 0, summary
+  assert (
+    summary["integer_fusions_with_sigmoid"] == 1 and summary["float_fusions_with_sigmoid"] == 0
+  ), summary
 
 
 def test_op_kinds_name_the_passes_of_an_integer_layer():
@@ -85,12 +98,19 @@ def test_op_kinds_of_a_compiled_program_cover_its_gemm_and_reduction():
 
   kinds = op_kinds(jax.jit(f).lower(jnp.ones((8, 16)), jnp.ones((16, 32))).compile().as_text())
   assert any(k.startswith("gemm f32,f32 -> f32") for k in kinds.values()), kinds
-  assert any(k.startswith("reduction") or k.startswith("elementwise") for k in kinds.values()), kinds
+  assert any(k.startswith("reduction") or k.startswith("elementwise") for k in kinds.values()), (
+    kinds
+  )
 
 
 def test_time_by_kind_sums_each_kind_and_keeps_unnamed_ops_apart():
-  ops = [dict(op="conv", ms_per_step=2.0), dict(op="q", ms_per_step=1.5), dict(op="dequantize", ms_per_step=1.0),
-         dict(op="silu", ms_per_step=0.25), dict(op="MemcpyD2H", ms_per_step=0.125)]
+  ops = [
+    dict(op="conv", ms_per_step=2.0),
+    dict(op="q", ms_per_step=1.5),
+    dict(op="dequantize", ms_per_step=1.0),
+    dict(op="silu", ms_per_step=0.25),
+    dict(op="MemcpyD2H", ms_per_step=0.125),
+  ]
   rows = time_by_kind(ops, op_kinds(GPU_LIKE))
   assert rows[0] == dict(kind="conv s8,s8 -> f32", ms_per_step=2.0, ops=1)
   assert {r["kind"]: r["ms_per_step"] for r in rows}["other"] == 0.125

@@ -5,7 +5,6 @@ import subprocess
 import sys
 import textwrap
 
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SCRIPT = textwrap.dedent("""
@@ -45,14 +44,17 @@ SCRIPT = textwrap.dedent("""
 
 def test_sharded_steps_match_single_device():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=170)
+  proc = subprocess.run(
+    [sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=170
+  )
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
 
 
 def test_param_spec_splits_largest_divisible_axis():
-  from quantface_jax.train.mesh import param_spec
   from jax.sharding import PartitionSpec as P
+
+  from quantface_jax.train.mesh import param_spec
+
   assert param_spec((64, 256), 2) == P(None, "fsdp")
   assert param_spec((3, 3, 64, 128), 2) == P(None, None, None, "fsdp")
   assert param_spec((255, 129), 2) == P()  # nothing divides

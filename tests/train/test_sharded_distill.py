@@ -81,6 +81,12 @@ SCRIPT = textwrap.dedent("""
 def test_sharded_distill_step_matches_single_device(tmp_path_factory):
   _, _, qdir = shared_quantized(tmp_path_factory)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", SCRIPT, str(qdir)], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, "-c", SCRIPT, str(qdir)],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]

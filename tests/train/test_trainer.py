@@ -1,6 +1,7 @@
 """The generic trainer on a toy two-layer model: learning, trainable/frozen split, exact resume."""
 
 import json
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -46,17 +47,38 @@ def toy_eval(model, batch):
 
 
 def toy_stage(batches=toy_batches):
-  return trainer.Stage(name="toy", module=Toy(rngs=nnx.Rngs(0)),
-                       trainable=nnx.Any(nnx.PathContains("body"), nnx.PathContains("head")),
-                       loss_fn=toy_loss, eval_fn=toy_eval, train_batches=batches,
-                       val_batches=[next(toy_batches(10_000))])
+  return trainer.Stage(
+    name="toy",
+    module=Toy(rngs=nnx.Rngs(0)),
+    trainable=nnx.Any(nnx.PathContains("body"), nnx.PathContains("head")),
+    loss_fn=toy_loss,
+    eval_fn=toy_eval,
+    train_batches=batches,
+    val_batches=[next(toy_batches(10_000))],
+  )
 
 
 def toy_config(steps=8, **kw):
-  c = ml_collections.ConfigDict(dict(
-      steps=steps, lr=3e-3, warmup_steps=2, final_lr_fraction=0.1, weight_decay=1e-4, b1=0.9, b2=0.99,
-      grad_clip=1.0, seed=0, log_every=1, checkpoint_every=3, eval_every=4, prefetch=2, progress=False,
-      time_budget_s=0.0, mesh=dict(data=-1, fsdp=1)))
+  c = ml_collections.ConfigDict(
+    dict(
+      steps=steps,
+      lr=3e-3,
+      warmup_steps=2,
+      final_lr_fraction=0.1,
+      weight_decay=1e-4,
+      b1=0.9,
+      b2=0.99,
+      grad_clip=1.0,
+      seed=0,
+      log_every=1,
+      checkpoint_every=3,
+      eval_every=4,
+      prefetch=2,
+      progress=False,
+      time_budget_s=0.0,
+      mesh=dict(data=-1, fsdp=1),
+    )
+  )
   c.update(kw)
   return c
 
@@ -110,10 +132,19 @@ def test_compiled_program_is_the_step_fit_runs(tmp_path):
   program = trainer.build_train_program(stage, cfg, trainer.mesh_lib.make_mesh())
   batch = next(toy_batches(0))
   compiled, profile = trainer.compile_train_step(program, batch)
-  assert set(profile) == {"trace_s", "lower_s", "compile_s", "jaxpr_equations", "temp_gb", "argument_gb"}
+  assert set(profile) == {
+    "trace_s",
+    "lower_s",
+    "compile_s",
+    "jaxpr_equations",
+    "temp_gb",
+    "argument_gb",
+  }
   assert profile["jaxpr_equations"] > 20  # three layers' forward and backward, AdamW, metrics
   inputs = (program.state, program.frozen, batch)
-  assert profile["argument_gb"] * 2**30 == sum(np.asarray(x).nbytes for x in jax.tree.leaves(inputs))
+  assert profile["argument_gb"] * 2**30 == sum(
+    np.asarray(x).nbytes for x in jax.tree.leaves(inputs)
+  )
   # The abstract arguments carry the shardings, so the AOT compile runs on the real, placed values
   # and computes what `fit`'s first step computes.
   state = jax.device_put(program.state, program.state_sharding)
@@ -129,11 +160,13 @@ class Interrupted(Exception):
 
 def interrupted_at(batches, step: int):
   """A `train_batches` like `batches` whose iterator raises `Interrupted` when asked for `step`."""
+
   def from_step(start_step: int):
     for i, batch in enumerate(batches(start_step)):
       if start_step + i == step:
         raise Interrupted
       yield batch
+
   return from_step
 
 
@@ -146,14 +179,23 @@ def test_resume_is_bit_exact(tmp_path):
   assert resumed.steps_run == 2  # restored at step 6 (checkpoint_every=3)
   for key, value in flat(full.module).items():
     np.testing.assert_array_equal(value, flat(resumed.module)[key], err_msg=str(key))
-  timing_free = lambda rs: [{k: v for k, v in r.items() if k not in ("steps_per_s", "data_wait_frac")} for r in rs]
-  assert timing_free(read_metrics(str(tmp_path / "cut"))) == timing_free(read_metrics(str(tmp_path / "full")))
+  timing_free = lambda rs: [
+    {k: v for k, v in r.items() if k not in ("steps_per_s", "data_wait_frac")} for r in rs
+  ]
+  assert timing_free(read_metrics(str(tmp_path / "cut"))) == timing_free(
+    read_metrics(str(tmp_path / "full"))
+  )
 
 
 def test_time_budget_shortens_schedule(tmp_path, caplog):
   with caplog.at_level("WARNING", logger="quantface"):
-    result = trainer.fit(toy_stage(), toy_config(steps=100_000, warmup_steps=5, time_budget_s=1e-3,
-                                                 calibrate_steps=2, checkpoint_every=10**6), str(tmp_path))
+    result = trainer.fit(
+      toy_stage(),
+      toy_config(
+        steps=100_000, warmup_steps=5, time_budget_s=1e-3, calibrate_steps=2, checkpoint_every=10**6
+      ),
+      str(tmp_path),
+    )
   assert result.steps_run == 4  # calibrated at step 3, budget already spent -> one more step
   # A schedule cut below twice its warmup says so (session 8's VRE stage got 22 steps silently).
   assert "leaves 4 steps (warmup 5)" in caplog.text
@@ -167,8 +209,13 @@ def test_time_budget_retimes_at_warmup_end(tmp_path, monkeypatch):
     return done + 10
 
   monkeypatch.setattr(trainer, "_budgeted_total", record)
-  result = trainer.fit(toy_stage(), toy_config(steps=100, warmup_steps=6, time_budget_s=60.0, calibrate_steps=2,
-                                               checkpoint_every=10**6), str(tmp_path))
+  result = trainer.fit(
+    toy_stage(),
+    toy_config(
+      steps=100, warmup_steps=6, time_budget_s=60.0, calibrate_steps=2, checkpoint_every=10**6
+    ),
+    str(tmp_path),
+  )
   assert timed_at == [3, 6]  # after the timed steps 2..3, then at the warmup's end
   assert result.steps_run == 16  # the second length wins
 
@@ -186,6 +233,7 @@ def test_profiled_steps_are_summarized(tmp_path):
 
 def test_trace_calls_names_the_heaviest_ops():
   from quantface_jax.train import profiling
+
   x = jnp.ones((256, 256))
   fn = jax.jit(lambda a: jnp.tanh(a @ a) @ a)
   fn(x).block_until_ready()
