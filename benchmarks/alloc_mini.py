@@ -1,6 +1,6 @@
 """Mixed-precision activations vs uniform W4A4 on the packaged `mini` model (CPU).
 
-    python benchmarks/alloc_mini.py --recipe quantface --budget 4.0 --faces 100
+    python -m benchmarks.alloc_mini --recipe quantface --budget 4.0 --faces 100
 
 Calibration (+ sweep) on training faces 0..calib_count-1 (degradation seed 1); `allocate` picks one
 activation width per layer (weights at 4 bits) at mean width <= budget; `evaluate` compares FP,
@@ -12,24 +12,21 @@ Writes `<results>/alloc_mini.{json,md,png}`.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
-import platform
-import sys
 import time
 
 import numpy as np
 from flax import nnx
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks import results as results_lib
+from quantface_jax.alloc import allocate
+from quantface_jax.checkpoint import load
+from quantface_jax.evaluate import evaluate, synthetic_set
+from quantface_jax.fileio import atomic_write_text
+from quantface_jax.inference import make_restore_fn
+from quantface_jax.quant import get_recipe, set_bits
 
-from quantface_jax.alloc import allocate  # pylint: disable=g-import-not-at-top,wrong-import-position
-from quantface_jax.checkpoint import load  # pylint: disable=g-import-not-at-top,wrong-import-position
-from quantface_jax.evaluate import evaluate, synthetic_set  # pylint: disable=g-import-not-at-top,wrong-import-position
-from quantface_jax.fileio import atomic_write_text  # pylint: disable=g-import-not-at-top,wrong-import-position
-from quantface_jax.inference import make_restore_fn  # pylint: disable=g-import-not-at-top,wrong-import-position
-from quantface_jax.quant import get_recipe, set_bits  # pylint: disable=g-import-not-at-top,wrong-import-position
+BENCHMARKS = pathlib.Path(__file__).resolve().parent
 
 COMPONENTS = (
   ("VAE enc", "vae.encoder", "tab:blue"),
@@ -77,7 +74,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--recipe", default="quantface")
   parser.add_argument("--budget", type=float, default=4.0)
-  parser.add_argument("--lam", type=float, default=1.0)
+  parser.add_argument("--perceptual-weight", type=float, default=1.0)
   parser.add_argument(
     "--alpha",
     type=float,
@@ -87,9 +84,11 @@ def main() -> None:
   parser.add_argument("--calib-count", type=int, default=32)
   parser.add_argument("--sweep-count", type=int, default=2)
   parser.add_argument("--faces", type=int, default=200, help="validation faces from 4000")
-  parser.add_argument("--hq", default=str(REPO.parent / "shared" / "data" / "celebahq512"))
+  parser.add_argument(
+    "--hq", default=str(BENCHMARKS.parents[1] / "shared" / "data" / "celebahq512")
+  )
   parser.add_argument("--work", default="/tmp/alloc_mini")
-  parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+  parser.add_argument("--results", default=str(BENCHMARKS / "results"))
   args = parser.parse_args()
   work, results = pathlib.Path(args.work) / args.recipe, pathlib.Path(args.results)
   results.mkdir(parents=True, exist_ok=True)
@@ -103,7 +102,7 @@ def main() -> None:
     args.hq,
     recipe=recipe,
     budget=args.budget,
-    lam=args.lam,
+    perceptual_weight=args.perceptual_weight,
     calib_count=args.calib_count,
     sweep_count=args.sweep_count,
     out=work / "bits.json",
@@ -126,16 +125,12 @@ def main() -> None:
 
   stem = "alloc_mini" if args.recipe == "quantface" else f"alloc_mini_{args.recipe}"
   table = result.table
-  report = dict(
-    command=" ".join(["python", *sys.argv]),
-    machine=f"{platform.node()} {platform.processor()} "
-    f"(CPU, {__import__('os').cpu_count()} cores, shared)",
+  summary = dict(
     eval_set=eval_set.description,
     meta=result.meta,
     allocate_s=allocate_s,
     sweep_s=table.sweep_time_s,
     sweep_configs=len(table.paths) * len(table.widths),
-    rows=rows,
     layers=[
       dict(
         path=p,
@@ -148,9 +143,9 @@ def main() -> None:
     ],
     histogram={int(b): int(np.sum(result.allocation.a_bits == b)) for b in table.widths},
   )
-  atomic_write_text(results / f"{stem}.json", json.dumps(report, indent=1))
+  doc = results_lib.write(results / f"{stem}.json", rows, summary=summary)
   plot(
-    report["layers"],
+    summary["layers"],
     f"mini, {recipe.name} (alpha {args.alpha or 'searched'}): activation width "
     f"per layer (mean {result.meta['mean_width']:.3f}, weights 4 bit)",
     results / f"{stem}.png",
@@ -158,14 +153,14 @@ def main() -> None:
   cols = ("psnr", "ssim", "niqe", "psnr_vs_fp")
   md = [
     f"# Mixed-precision activations on `mini` ({result.meta['recipe']})\n",
-    f"`{report['command']}` on {report['machine']}.\n",
+    f"`{doc['command']}` (commit {doc['commit']}) on {doc['machine']}.\n",
     f"{eval_set.description}. Calibration on faces 0..{args.calib_count - 1} (seed 1); sweep on "
-    f"the first {args.sweep_count} of them: {report['sweep_configs']} configurations in "
-    f"{table.sweep_time_s:.0f} s ({report['sweep_configs'] / table.sweep_time_s:.2f} "
+    f"the first {args.sweep_count} of them: {summary['sweep_configs']} configurations in "
+    f"{table.sweep_time_s:.0f} s ({summary['sweep_configs'] / table.sweep_time_s:.2f} "
     f"configs/s); allocate end to end {allocate_s:.0f} s.\n",
-    f"Budget: mean activation width <= {args.budget} (element-weighted), lambda "
-    f"{args.lam}; achieved {result.meta['mean_width']:.4f}; widths chosen "
-    f"{report['histogram']}.\n",
+    f"Budget: mean activation width <= {args.budget} (element-weighted), perceptual "
+    f"weight {args.perceptual_weight}; achieved {result.meta['mean_width']:.4f}; widths chosen "
+    f"{summary['histogram']}.\n",
     "| variant | " + " | ".join(cols) + " |",
     "|---|" + "---|" * len(cols),
   ]

@@ -1,26 +1,24 @@
 """FP restore speed: our JAX bf16/fp32 against the PyTorch reference pipeline, `sd21` shapes, random weights.
 
 One variant per process (clean peak-memory numbers); each prints one JSON row per batch size:
-  python benchmarks/bench_fp.py --impl jax --dtype bfloat16 --batches 1,16 --components 16
-  python benchmarks/bench_fp.py --impl torch --mode eager_fp16 --batches 1,16 --components 16
-  python benchmarks/bench_fp.py --impl torch --mode compile_fp16 --batches 1,16
-`benchmarks/run_fp_h200.sh` runs them all on the device and collects `benchmarks/results/h200_fp.json`.
+  python -m benchmarks.bench_fp --impl jax --dtype bfloat16 --batches 1,16 --components 16
+  PYTHONPATH=tests python -m benchmarks.bench_fp --impl torch --mode eager_fp16 --batches 1,16
+  PYTHONPATH=tests python -m benchmarks.bench_fp --impl torch --mode compile_fp16 --batches 1,16
+`python -m benchmarks.gpu fp` runs them all, one process each, into one results file.
 
 The torch reference is diffusers' UNet2DConditionModel + AutoencoderKL with the SD-2.1-base config and
-the test suite's PyTorch VRE, looped per face as the OSDFace reference does.
+the test suite's PyTorch VRE (tests/reference, hence PYTHONPATH=tests), looped per face as the
+OSDFace reference does.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import statistics
-import sys
 import time
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+from benchmarks import results
 
 
 def timed(fn, sync, *, warmup: int = 2, iters: int = 10) -> float:
@@ -105,9 +103,15 @@ def bench_torch(
   """Rows per batch size; ``emit(row)``, if given, gets each as soon as it is timed."""
   import torch
   from diffusers import AutoencoderKL, UNet2DConditionModel
-  from reference.models import unet_diffusers_config, vae_diffusers_config
-  from reference.osdface import EmbeddingChange
-  from reference.vre import VRE
+
+  try:
+    from reference.models import unet_diffusers_config, vae_diffusers_config
+    from reference.osdface import EmbeddingChange
+    from reference.vre import LQEmbedder
+  except ModuleNotFoundError as err:
+    if err.name != "reference":
+      raise
+    raise SystemExit("the torch reference is tests/reference: run with PYTHONPATH=tests") from None
 
   from quantface_jax.models import PRESETS, alpha_cumprod
 
@@ -117,7 +121,7 @@ def bench_torch(
   torch.backends.cuda.matmul.allow_tf32 = False
   unet = UNet2DConditionModel(**unet_diffusers_config(cfg.unet)).to(dev, dtype).eval()
   vae = AutoencoderKL(**vae_diffusers_config(cfg.vae)).to(dev, dtype).eval()
-  vre = VRE(cfg.vre).to(dev, dtype).eval()
+  vre = LQEmbedder(cfg.vre).to(dev, dtype).eval()
   embed = EmbeddingChange(cfg.vre.embed_dim, cfg.embedding_hidden, cfg.unet.cross_attention_dim).to(
     dev, dtype
   )
@@ -190,7 +194,7 @@ def main() -> None:
   p.add_argument(
     "--components", default="", help="batch sizes that also get a per-component breakdown"
   )
-  p.add_argument("--out", default=None, help="append JSON rows to this file")
+  p.add_argument("--out", default=None, help="results file the rows are added to")
   args = p.parse_args()
   batches = [int(b) for b in args.batches.split(",")]
   comps = {int(b) for b in args.components.split(",") if b}
@@ -200,9 +204,7 @@ def main() -> None:
     else bench_torch(args.preset, args.mode, batches, comps)
   )
   if args.out:
-    with open(args.out, "a") as f:
-      for r in rows:
-        f.write(json.dumps(r) + "\n")
+    results.append(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """Speed and correctness of the integer kernels at SD-UNet GEMM shapes and at VAE/UNet 3x3 convs.
 
-    python benchmarks/bench_kernels.py --out benchmarks/results/kernels_h200.json   # H200, < 5 min
-    python benchmarks/bench_kernels.py --smoke                                      # CPU, tiny
+    python -m benchmarks.bench_kernels --out kernels.json   # a GPU, < 5 min
+    python -m benchmarks.bench_kernels --smoke              # CPU, tiny
 
 Every case runs in its own try/except (a failure is recorded, the run goes on). Each kernel is
 first checked against the integer reference on the first ``CHECK_ROWS`` rows of its problem
 (max abs / rel error recorded), then timed: median wall time of ``--repeats`` calls after warmup,
-each call ended by ``jax.block_until_ready``. Roofline: 1979 TOPS dense int8 (989 for bf16),
-4.8 TB/s HBM; ``roofline`` = max(compute time, memory time) / measured time.
+each call ended by ``jax.block_until_ready``. Roofline (an H200's): 1979 TOPS dense int8 (989 for
+bf16), 4.8 TB/s HBM; ``roofline`` = max(compute time, memory time) / measured time. Each case's row
+is added to the results file --out as it completes (a run cut short keeps its rows); the summary
+(the plan, and `recommend` over this run's rows) is written at the end.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import dataclasses
 import functools
 import json
 import statistics
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -26,9 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from quantface_jax.fileio import atomic_write_text  # noqa: E402
-from quantface_jax.kernels import (  # noqa: E402
+from benchmarks import results
+from quantface_jax.kernels import (
   GemmBlocks,
   group_norm_prologue,
   int_conv2d,
@@ -36,7 +36,7 @@ from quantface_jax.kernels import (  # noqa: E402
   pack_weight,
   quantize_act,
 )
-from quantface_jax.kernels.reference import int_conv2d_ref, int_matmul_ref, quantize_act_ref  # noqa: E402
+from quantface_jax.kernels.reference import int_conv2d_ref, int_matmul_ref, quantize_act_ref
 
 PEAK_OPS = {"int8": 1979e12, "bf16": 989e12}
 HBM_BYTES_PER_S = 4.8e12
@@ -140,11 +140,9 @@ def check_errors(kernel, reference, xq, w, kw) -> dict:
 
 
 class Runner:
-  def __init__(self, plan: Plan, rows_path: Path | None = None):
+  def __init__(self, plan: Plan, out: Path | None = None):
     self.plan, self.results, self.start = plan, [], time.perf_counter()
-    self.rows_path = (
-      rows_path  # each record is appended here as it completes: a killed run keeps its rows
-    )
+    self.out = out  # each record is added here as it completes: a killed run keeps its rows
 
   def case(self, record: dict, body):
     """Run ``body() -> dict`` into ``record``; failures and the time budget are recorded."""
@@ -158,9 +156,8 @@ class Runner:
         traceback.print_exc(limit=2)
     self.results.append(record)
     print(_row(record), flush=True)
-    if self.rows_path is not None:
-      with open(self.rows_path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    if self.out is not None:
+      results.append(self.out, [record])
 
 
 def gemm_problem(rng, m, k, n, w_bits, a_bits):
@@ -340,7 +337,7 @@ def bench_quantize(run: Runner, rng):
       run.case({**base, "backend": backend}, body)
 
 
-def recommend(results) -> dict:
+def recommend(rows) -> dict:
   """Per op kind, the GPU backend (+ Pallas tiling) with the best geometric-mean speedup over
   "xla" on the cases where both ran correctly (max rel error < 1e-2); for dispatch.py."""
   best = {}
@@ -353,7 +350,7 @@ def recommend(results) -> dict:
   ):
     ok = [
       r
-      for r in results
+      for r in rows
       if r["kind"] == kind
       and r["variant"] == variant
       and "ms" in r
@@ -393,10 +390,7 @@ def _row(r: dict) -> str:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument(
-    "--out",
-    type=Path,
-    default=None,
-    help="summary JSON path (.json); the rows stream to the same name with .jsonl",
+    "--out", type=Path, default=None, help="results file the rows are added to, case by case"
   )
   parser.add_argument("--smoke", action="store_true", help="tiny sizes (CPU check)")
   parser.add_argument("--repeats", type=int, default=None, help="timed calls per case")
@@ -423,15 +417,7 @@ def main():
   chosen = args.sections.split(",")
   if unknown := set(chosen) - set(sections):
     parser.error(f"--sections: unknown {sorted(unknown)}; choose from {sorted(sections)}")
-  if (
-    args.out and args.out.suffix == ".jsonl"
-  ):  # the rows stream there; the summary would overwrite them
-    parser.error(
-      f"--out {args.out}: name the summary's .json; its rows stream to the .jsonl beside it"
-    )
-  if args.out:
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-  run = Runner(plan, args.out.with_suffix(".jsonl") if args.out else None)
+  run = Runner(plan, args.out)
   rng = np.random.default_rng(0)
   print(f"device: {jax.devices()[0].device_kind}  jax {jax.__version__}", flush=True)
   for section in (
@@ -441,20 +427,17 @@ def main():
       section(run, rng)
     except Exception:  # noqa: BLE001 - keep the other sections
       traceback.print_exc()
-  summary = dict(
-    device=jax.devices()[0].device_kind,
-    jax=jax.__version__,
-    plan=dataclasses.asdict(plan),
-    wall_s=time.perf_counter() - run.start,
-    recommendation=recommend(run.results),
-    results=run.results,
-  )
   print("\n==== summary ====")
   for r in run.results:
     print(_row(r))
+  summary = dict(
+    plan=dataclasses.asdict(plan),
+    wall_s=time.perf_counter() - run.start,
+    recommendation=recommend(run.results),  # within one run: timings of two runs do not mix
+  )
   print("recommendation:", json.dumps(summary["recommendation"], indent=1))
   if args.out:
-    atomic_write_text(args.out, json.dumps(summary, indent=1))
+    results.append(args.out, [], summary=summary)
     print(f"wrote {args.out}")
 
 

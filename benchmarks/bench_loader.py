@@ -1,11 +1,11 @@
 """How much a degrading batch loader slows the training loop's dispatch: threads against processes.
 
-    python benchmarks/bench_loader.py [--faces .facepack/celebahq128] [--workers 2] [--out rows.jsonl]
+    python -m benchmarks.bench_loader [--faces .facepack/celebahq128] [--workers 2] [--out loader.json]
 
 A jitted step over 300 small arrays (dispatch-bound, like a training step's Python side) is timed
 alone, then while `iterate_batches` degrades 128-px faces on the fly in loader threads and in
-loader processes, with a consumer thread draining the batches. Prints (and appends to --out) the
-mean dispatch ms of each.
+loader processes, with a consumer thread draining the batches. Prints (and adds to the results file
+--out) the mean dispatch ms of each.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from benchmarks import results
 from quantface_jax.data import datasets
 
 
@@ -37,7 +38,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--faces", default=".facepack/celebahq128", help="a folder of HQ faces")
   parser.add_argument("--workers", type=int, default=2)
-  parser.add_argument("--out", default=None, help="JSON-lines file the row is appended to")
+  parser.add_argument("--out", default=None, help="results file the row is added to")
   args = parser.parse_args()
   params = {f"p{i}": jnp.ones((8, 8)) for i in range(300)}
   step = jax.jit(lambda p, x: (jax.tree.map(lambda a: a * 1.0001, p), x.sum()))
@@ -64,8 +65,7 @@ def main() -> None:
     batches.close()
   print(json.dumps(row))
   if args.out:
-    with open(args.out, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    results.append(args.out, [row])
 
 
 if __name__ == "__main__":

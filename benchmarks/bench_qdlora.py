@@ -1,21 +1,23 @@
 """QD-LoRA training throughput at `sd21` shapes (random weights, 512² faces) on a device mesh.
 
-    python benchmarks/bench_qdlora.py --preset sd21 --batch 8 --steps 30 --setup-device cpu --out $OUT/q.jsonl  # 1 GPU
-    python benchmarks/bench_qdlora.py --preset sd21 --batch 8 --mesh-data 2 --out $OUT/qdlora.jsonl    # 2 GPUs, DP
-    python benchmarks/bench_qdlora.py --preset sd21 --batch 8 --mesh-data 1 --mesh-fsdp 2 --out ...    # 2 GPUs, FSDP
-    python benchmarks/bench_qdlora.py --preset tiny --batch 2 --steps 3 --out /tmp/q.jsonl             # CPU check
+    python -m benchmarks.bench_qdlora --preset sd21 --batch 8 --steps 30 --setup-device cpu --out q.json  # 1 GPU
+    python -m benchmarks.bench_qdlora --preset sd21 --batch 8 --mesh-data 2 --out q.json    # 2 GPUs, DP
+    python -m benchmarks.bench_qdlora --preset sd21 --batch 8 --mesh-data 1 --mesh-fsdp 2 --out ...  # FSDP
+    python -m benchmarks.bench_qdlora --preset tiny --batch 2 --steps 3 --out /tmp/q.json   # CPU check
 
-The student is `bench_setup.quick_quantized`'s W4A4 quantface student (the trained run uses
+The student is `quant.students.quick_quantized`'s W4A4 quantface student (the trained run uses
 configs/qdlora_w4a4.py), turned into QD-LoRA layers (rank 16 + 16), or with `--student structure`
-`bench_setup.structural_qdlora`'s: the same compiled step without the calibration work (seconds of
-setup; the losses are then meaningless). The teacher is the same FP model.
+`quant.students.structural_qdlora`'s: the same compiled step without the calibration work (seconds
+of setup; the losses are then meaningless). The teacher is the same FP model.
 Batches are fixed random LQ faces (no input pipeline: this measures the step). The step is the real
 one: `train.distill.distill_stage` on `train.trainer.fit`, jit with NamedSharding over a ("data",
-"fsdp") mesh. On a GPU add `--setup-device cpu` (see bench_setup.py). Appends one JSON row:
-images/s and step time after the compiling step, peak memory per device, and the per-step losses
-(so runs on different meshes can be checked to follow the same curve). `--stop-after setup|trace|compile`
-stops early (see benchmarks/run_sd21_h200.sh for chaining the stages over calls). `--profile-steps 3,4`
-adds the 25 heaviest device ops of those steps (`train.profiling`), to say where a slow step goes.
+"fsdp") mesh. On a GPU add `--setup-device cpu` (see quant.students). Adds one row to the results
+file --out: images/s and step time after the compiling step, peak memory per device, and the
+per-step losses (so runs on different meshes can be checked to follow the same curve).
+`--stop-after setup|trace|compile` stops early (`python -m benchmarks.gpu sd21` runs the stages as
+parts of their own, linked by the cached student and the persistent compilation cache).
+`--profile-steps 3,4` adds the 25 heaviest device ops of those steps (`quantface_jax.profiling`),
+to say where a slow step goes.
 On the CPU, `--stop-after compile --emulate-flash-memory` gives XLA's memory plan of the step as the GPU
 would hold its attention (the sd21 batch-8 step: 165 GB, batch 4: 84 GB; the H200 has ~135 GB).
 """
@@ -24,24 +26,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
-import sys
 import tempfile
 
 import jax
 import ml_collections
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import bench_setup  # pylint: disable=wrong-import-position
-
-from quantface_jax.cli import configure_logging  # pylint: disable=wrong-import-position
-from quantface_jax.train.distill import distill_stage  # pylint: disable=wrong-import-position
-from quantface_jax.train.logging import read_metrics  # pylint: disable=wrong-import-position
-from quantface_jax.train.mesh import make_mesh  # pylint: disable=wrong-import-position
-from quantface_jax.train.trainer import build_train_program, compile_train_step, fit  # pylint: disable=wrong-import-position
+from benchmarks import results, student_setup
+from quantface_jax.cli import configure_logging
+from quantface_jax.train.distill import distill_stage
+from quantface_jax.train.logging import read_metrics
+from quantface_jax.train.mesh import make_mesh
+from quantface_jax.train.trainer import build_train_program, compile_train_step, fit
 
 
 def run_config(args) -> ml_collections.ConfigDict:
@@ -115,12 +111,12 @@ def main() -> None:
   )
   parser.add_argument("--mesh-data", type=int, default=-1)
   parser.add_argument("--mesh-fsdp", type=int, default=1)
-  bench_setup.add_setup_arguments(parser)
+  student_setup.add_setup_arguments(parser)
   parser.add_argument(
     "--student",
     default="calibrated",
     choices=("calibrated", "structure"),
-    help="structure: bench_setup.structural_qdlora, the same compiled step without the "
+    help="structure: quant.students.structural_qdlora, the same compiled step without the "
     "calibration work (seconds instead of minutes of setup; the losses are meaningless)",
   )
   parser.add_argument(
@@ -142,7 +138,7 @@ def main() -> None:
     help="CPU memory-plan estimates: UNet attention in checkpointed query chunks, as "
     "little held memory as the GPU's cuDNN flash path",
   )
-  parser.add_argument("--out", required=True, help="JSON-lines file the row is appended to")
+  parser.add_argument("--out", required=True, help="results file the row is added to")
   args = parser.parse_args()
   configure_logging()  # the trainer logs when its first step has compiled
   if args.emulate_flash_memory:
@@ -150,7 +146,7 @@ def main() -> None:
 
   # A setup-only run just leaves the cached PTQ student: the QD-LoRA split is redone on loading.
   ranks = None if args.stop_after == "setup" else (16, 16)
-  teacher, student, _, setup_s = bench_setup.from_args(args, qdlora_ranks=ranks)
+  teacher, student, _, setup_s = student_setup.from_args(args, qdlora_ranks=ranks)
   if args.stop_after == "setup":
     return
   res = teacher.config.resolution
@@ -205,8 +201,7 @@ def main() -> None:
 
 def write_row(row: dict, path: str) -> None:
   print(json.dumps(row), flush=True)
-  with open(path, "a") as f:
-    f.write(json.dumps(row) + "\n")
+  results.append(path, [row])
 
 
 if __name__ == "__main__":

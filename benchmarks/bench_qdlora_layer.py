@@ -1,6 +1,6 @@
 """Forward + backward of one layer at `sd21` shapes, per XLA GPU autotune level: where a QD-LoRA step's time goes.
 
-The sd21 QD-LoRA step (bench_qdlora.py) compiled in 5 min at ``--xla_gpu_autotune_level=0`` and then
+The sd21 QD-LoRA step (bench_qdlora) compiled in 5 min at ``--xla_gpu_autotune_level=0`` and then
 ran > 120 s per step; autotuned, its compile passed 7 min. This isolates the layer kinds in seconds
 of compile each. Per case (a conv or linear of the UNet/VAE at batch --batch, bfloat16):
 
@@ -18,33 +18,32 @@ rotation, the fake quantization and the branches:
 
 Each (case, variant) is compiled once per level in --levels (``compiler_options``, one process;
 ignored off GPU) and timed (median of --iters; one call when the first takes > 2 s), with the
-heaviest device ops of two traced calls (one if slow)
-(`quantface_jax.train.profiling`). Rows {case, variant, level, compile_s, first_ms (the first call:
-cuDNN may build kernels then), ms, gflop, tflops, top_ops} go to the JSON list --out.
+heaviest device ops of two traced calls (one if slow) (`quantface_jax.profiling`). Rows {case,
+variant, level, compile_s, first_ms (the first call: cuDNN may build kernels then), ms, gflop,
+tflops, top_ops} are added to the results file --out as each is timed.
 
-    python benchmarks/bench_qdlora_layer.py --out $OUT/qdlora_layers.json           # H200
-    python benchmarks/bench_qdlora_layer.py --batch 1 --scale 8 --iters 2 --out /tmp/l.json   # CPU check
+    python -m benchmarks.bench_qdlora_layer --out qdlora_layers.json                          # GPU
+    python -m benchmarks.bench_qdlora_layer --batch 1 --scale 8 --iters 2 --out /tmp/l.json   # CPU
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_fp import timed  # importing bench_fp puts the repo and tests/ on sys.path
 from flax import nnx
 
-from quantface_jax.fileio import atomic_write_text
+from benchmarks import results
+from benchmarks.bench_fp import timed
+from quantface_jax import profiling
 from quantface_jax.models.layers import attention, conv2d
 from quantface_jax.quant.layers import QuantConv2d, QuantLinear
 from quantface_jax.quant.qdlora import TRAINABLE, qdlora_layer
 from quantface_jax.quant.recipes import get_recipe
-from quantface_jax.train import profiling
 
 # name: (kind, spatial size or tokens, d_in, d_out) — for attention (kind, tokens, heads, head dim);
 # sd21 at 512² (latents 64²).
@@ -188,14 +187,10 @@ def main() -> None:
   parser.add_argument(
     "--budget-s", type=float, default=480.0, help="start no new case after this many seconds"
   )
-  parser.add_argument(
-    "--out", required=True, help="JSON list the rows are appended to (rewritten after each)"
-  )
+  parser.add_argument("--out", required=True, help="results file each row is added to")
   args = parser.parse_args()
   start = time.perf_counter()
   levels = [int(v) for v in args.levels.split(",")] if jax.default_backend() == "gpu" else [None]
-  out = pathlib.Path(args.out)
-  rows = json.loads(out.read_text()) if out.exists() else []
   for case in args.cases.split(","):
     for variant in args.variants.split(","):
       if variant != "fp" and CASES[case][0] == "attention":
@@ -207,8 +202,7 @@ def main() -> None:
             flush=True,
           )
           return
-        rows.append(run(case, variant, level, args))
-        atomic_write_text(out, json.dumps(rows, indent=1))
+        results.append(args.out, [run(case, variant, level, args)])
 
 
 if __name__ == "__main__":

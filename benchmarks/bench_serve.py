@@ -1,22 +1,24 @@
 """End-to-end restore speed of the integer serving model (SERVE_DIR) against our bf16 and PyTorch.
 
 `sd21` shapes, random weights. Parts (run each in its own process for clean peak memory; JAX cannot
-reset its peak counter): `benchmarks/run_serve_h200.sh` does that on the H200.
+reset its peak counter): `python -m benchmarks.gpu serve` does that.
 
   export       build the FP model, calibrate static activation ranges on one random LQ face
                (``--act dynamic`` needs none, but then 3x3 convs run one GEMM per tap), quantize
-               with ``rtn`` and write SERVE_DIRs W4A8, W4A4, W8A8 under --workdir; on the host's
-               CPU unless ``--export-device default``
+               with ``rtn`` and write SERVE_DIRs W4A8, W4A4, W8A8 under --workdir (a row each:
+               its packed bytes against bf16's); on the host's CPU unless ``--export-device default``
   W4           load W4A8 and time it, then W4A4 (same structure: a_bits is data, one compile)
   W8A8         load W8A8 and time it
   bf16         our FP model in bfloat16
-  torch_eager_fp16, torch_compile_fp16   benchmarks/bench_fp.py's torch reference rows
+  torch_eager_fp16, torch_compile_fp16   bench_fp's torch reference rows (PYTHONPATH=tests)
 
 Every JAX part compiles its batch sizes ahead of time, one after the other (compiled concurrently,
 batches 1 and 16 of W4 ran past 330 s on the H200, their autotuners contending for the one GPU,
-where batch 16 alone took 48 s), then times them (median of --iters after warm-up; ``bench_fp.timed``). Rows
-{variant, batch, faces_per_s, latency_ms, peak_mem_gb, compile_s} are appended to the JSON list
---out; variants are W4A4, W4A8, W8A8, bf16, torch_fp16 and torch_fp16_compiled. CPU smoke run: ``python benchmarks/bench_serve.py --model tiny --batches 1 --iters 1``.
+where batch 16 alone took 48 s), then times them (median of --iters after warm-up;
+``bench_fp.timed``). Rows {variant, batch, faces_per_s, latency_ms, peak_mem_gb, compile_s} are
+added to the results file --out as each is timed; variants are W4A4, W4A8, W8A8, bf16, torch_fp16
+and torch_fp16_compiled. CPU smoke run:
+``python -m benchmarks.bench_serve --model tiny --batches 1 --iters 1``.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ import json
 import pathlib
 import time
 
-from bench_fp import bench_torch, timed  # importing bench_fp puts the repo and tests/ on sys.path
+from benchmarks import results
+from benchmarks.bench_fp import bench_torch, timed
 
 JAX_PARTS = ("export", "bf16", "W4", "W8A8")
-# Torch parts -> the variant names of benchmarks/results/h200_quantized.json (issue #7's row format).
+# Torch parts -> their variant names in the rows (those of benchmarks/results/serve_h200.json).
 TORCH_PARTS = {"torch_eager_fp16": "torch_fp16", "torch_compile_fp16": "torch_fp16_compiled"}
 # SERVE_DIRs written by `export`, and which of them each timing part loads.
 SERVED = {"W4": ("W4A8", "W4A4"), "W8A8": ("W8A8",)}
@@ -42,14 +45,14 @@ def _random_lq(batch: int, res: int):
   return jax.random.uniform(jax.random.key(batch), (batch, res, res, 3), jnp.float32, -1.0, 1.0)
 
 
-def export_part(preset: str, act: str, workdir: pathlib.Path, device: str) -> None:
-  from bench_setup import setup_context
+def export_part(preset: str, act: str, workdir: pathlib.Path, device: str, emit) -> None:
+  from quantface_jax.quant.students import setup_context
 
   with setup_context(device):  # calibration and per-layer quantizing are compile-bound on a GPU
-    _export(preset, act, workdir)
+    _export(preset, act, workdir, emit)
 
 
-def _export(preset: str, act: str, workdir: pathlib.Path) -> None:
+def _export(preset: str, act: str, workdir: pathlib.Path, emit) -> None:
   from quantface_jax.models import build
   from quantface_jax.quant import calibrate, get_bits, get_recipe, quantize, set_bits
   from quantface_jax.serve import packed_account, save_served, serve_model
@@ -78,7 +81,9 @@ def _export(preset: str, act: str, workdir: pathlib.Path) -> None:
       base_ckpt=preset,
       calibration_info=dict(random_lq=1 if stats else 0),
     )
-    print(json.dumps(dict(serve_dir=str(out), **packed_account(out))), flush=True)
+    row = dict(variant=name, part="export", serve_dir=str(out), **packed_account(out))
+    print(json.dumps(row), flush=True)
+    emit(row)
 
 
 def time_jax(
@@ -98,8 +103,8 @@ def time_jax(
   import jax
   from flax import nnx
 
+  from quantface_jax import profiling
   from quantface_jax.inference import cast_for_inference
-  from quantface_jax.train import profiling
 
   lqs = {b: _random_lq(b, res) for b in batches}
   compiled = {}
@@ -153,7 +158,7 @@ def run_part(part: str, args, emit) -> None:
 
   res = PRESETS[args.model].resolution
   if part == "export":
-    export_part(args.model, args.act, args.workdir, args.export_device)
+    export_part(args.model, args.act, args.workdir, args.export_device, emit)
   elif part == "bf16":
     time_jax(
       {"bf16": (lambda: build(args.model), jnp.bfloat16)},
@@ -196,17 +201,6 @@ def run_part(part: str, args, emit) -> None:
     )
 
 
-def append_row(out: pathlib.Path | None, row: dict) -> None:
-  """Append ``row`` to the JSON list ``out`` at once (atomically): a part cut by its timeout keeps
-  the rows it finished."""
-  if out is None:
-    return
-  from quantface_jax.fileio import atomic_write_text
-
-  previous = json.loads(out.read_text()) if out.exists() else []
-  atomic_write_text(out, json.dumps(previous + [row], indent=1))
-
-
 def main() -> None:
   p = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -247,7 +241,9 @@ def main() -> None:
     type=pathlib.Path,
     help="where `export` writes the SERVE_DIRs and the timing parts read them",
   )
-  p.add_argument("--out", default=None, type=pathlib.Path, help="append the rows to this JSON list")
+  p.add_argument(
+    "--out", default=None, type=pathlib.Path, help="results file each row is added to when timed"
+  )
   p.add_argument(
     "--hlo-summary",
     action="store_true",
@@ -270,8 +266,9 @@ def main() -> None:
   for part in args.parts.split(","):
     if part not in JAX_PARTS + tuple(TORCH_PARTS):
       raise SystemExit(f"unknown part {part!r}")
+  emit = (lambda row: results.append(args.out, [row])) if args.out else (lambda row: None)
   for part in args.parts.split(","):
-    run_part(part, args, lambda row: append_row(args.out, row))
+    run_part(part, args, emit)
 
 
 if __name__ == "__main__":

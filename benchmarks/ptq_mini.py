@@ -1,6 +1,6 @@
 """PTQ quality of every recipe × width on the packaged `mini` model, plus the sd21 size/BOPs account.
 
-    python benchmarks/ptq_mini.py [--faces 200] [--out /tmp/ptq_mini]
+    python -m benchmarks.ptq_mini [--faces 200] [--out /tmp/ptq_mini]
 
 Eval set: celebahq512 file numbers 4000.. (validation), degradation seed 0 — the set of
 `quantface eval --hq ../shared/data/celebahq512 --indices 4000:4200 --degrade-seed 0`.
@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import os
 import pathlib
-import platform
-import sys
 import time
 
 import jax
 from flax import nnx
 
+from benchmarks import results
 from quantface_jax.checkpoint import load
-from quantface_jax.cli import calibration_batches
+from quantface_jax.data.calibration import as_batches, calibration_faces
 from quantface_jax.evaluate import evaluate, synthetic_set
 from quantface_jax.fileio import atomic_write_text
 from quantface_jax.inference import make_restore_fn
@@ -84,13 +81,16 @@ def sd21_account() -> dict:
   }
 
 
-def markdown(rows: list[dict], sd21: dict, meta: dict) -> str:
+def markdown(doc: dict) -> str:
+  """The results file ``doc`` as the tables of ptq_mini.md."""
+  rows, meta = doc["rows"], doc["summary"]
   cols = ("psnr", "ssim", "niqe", "psnr_vs_fp")
   lines = [
     "# PTQ on `mini` (128 px)",
     "",
     f"{meta['eval_set']}; calibration: {meta['calibration']}.",
-    f"Command: `{meta['command']}`; machine: {meta['machine']}; {meta['seconds']:.0f} s.",
+    f"Command: `{doc['command']}` (commit {doc['commit']}); machine: {doc['machine']}, "
+    f"jax {doc['versions'].get('jax')}; {meta['seconds']:.0f} s.",
     "",
     "| variant | PSNR ↑ | SSIM ↑ | NIQE ↓ | PSNR vs FP ↑ |",
     "|---|---|---|---|---|",
@@ -106,7 +106,7 @@ def markdown(rows: list[dict], sd21: dict, meta: dict) -> str:
     "| width | params vs FP32 | params vs BF16 | quantized kernels | BOPs |",
     "|---|---|---|---|---|",
   ]
-  for bits, a in sd21.items():
+  for bits, a in meta["sd21_account"].items():
     lines.append(
       f"| {bits} | −{a['param_reduction_vs_fp32']:.1f}% | −{a['param_reduction_vs_bf16']:.1f}% "
       f"| −{a['weight_reduction']:.1f}% | −{a['bops_reduction']:.1f}% |"
@@ -132,7 +132,7 @@ def main(argv=None) -> None:
   eval_set = synthetic_set(
     args.hq, args.out, resolution=res, indices=range(4000, 4000 + args.faces), seed=0
   )
-  batches = calibration_batches(args.hq, range(64), seed=1, size=res, batch_size=8)
+  batches = as_batches(calibration_faces(res, hq_dir=args.hq, count=64, seeds=1), 8)
   settings = get_recipe("rtn").calibration
   stats = calibrate(
     model,
@@ -148,21 +148,16 @@ def main(argv=None) -> None:
     print(f"{name}: quantized in {time.time() - t:.0f} s", flush=True)
     variants.update(width_variants(qmodel, name))
   rows = evaluate(variants, eval_set, args.out, resolution=res, batch_size=8)
-  meta = dict(
+  summary = dict(
     eval_set=eval_set.description + " (celebahq512 file numbers from 4000)",
     calibration="64 faces (file numbers 0–63, degradation seed 1), 256 rows/layer",
-    command="python " + " ".join(sys.argv),
     seconds=time.time() - start,
-    machine=f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), jax {jax.__version__}",
+    sd21_account=sd21_account(),
   )
-  sd21 = sd21_account()
-  RESULTS.mkdir(exist_ok=True)
-  atomic_write_text(
-    RESULTS / "ptq_mini.json", json.dumps(dict(meta=meta, rows=rows, sd21=sd21), indent=1)
-  )
-  atomic_write_text(RESULTS / "ptq_mini.md", markdown(rows, sd21, meta))
+  doc = results.write(RESULTS / "ptq_mini.json", rows, summary=summary)
+  atomic_write_text(RESULTS / "ptq_mini.md", markdown(doc))
   (RESULTS / "ptq_mini_grid.png").write_bytes((pathlib.Path(args.out) / "grid.png").read_bytes())
-  print(markdown(rows, sd21, meta))
+  print(markdown(doc))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """The PTQ start of a QD-LoRA run on the CPU: `workdir/quantized`, which `quantface train` then loads.
 
-    python benchmarks/qdlora_prepare.py configs/qdlora_w4a4.py runs/qd/w4a4 [key=value ...]
+    python -m benchmarks.qdlora_prepare configs/qdlora_w4a4.py runs/qd/w4a4 [key=value ...]
 
-(see benchmarks/run_qdlora_h200.sh for why it is made here and not on the GPU). Overrides as in
-`quantface train`, e.g. `quant.overrides.low_rank=0` for the ablation's "balancing only" start.
+The PTQ calibration (α search, range pass) is hundreds of small compilations: minutes on a GPU,
+fewer on a few CPU cores, so `python -m benchmarks.gpu qdlora` trains from a start made here.
+Overrides as in `quantface train`, e.g. `quant.overrides.low_rank=0` for the ablation's
+"balancing only" start.
 """
 
 import os
@@ -25,4 +27,6 @@ def main(config_file: str, workdir: str, *overrides: str) -> None:
 
 
 if __name__ == "__main__":
+  if len(sys.argv) < 3:
+    raise SystemExit(__doc__.splitlines()[2].strip())
   main(*sys.argv[1:])

@@ -1,8 +1,8 @@
 """The QD-LoRA table on `mini` (benchmarks/results/qdlora_mini.{json,md}) from an eval's metrics.json.
 
-  python benchmarks/qdlora_table.py EVAL_DIR [--ptq benchmarks/results/ptq_mini.json] [--results DIR]
+  python -m benchmarks.qdlora_table EVAL_DIR [--ptq benchmarks/results/ptq_mini.json] [--results DIR]
 
-EVAL_DIR is `quantface eval --out`'s folder for the variants that `remeasure_mini.sh qdlora` labels
+EVAL_DIR is `quantface eval --out`'s folder for the variants that `remeasure_mini qdlora` labels
 (balancing-W4A4, quantface-W4A4, quantface-W4A4-qdlora, quantface-W6A6, quantface-W6A6-qdlora); the
 best PTQ baseline at W4A4 (highest PSNR vs GT among the recipes) comes from the PTQ table, which
 must be of the same model and eval set (checked on the FP row).
@@ -14,6 +14,7 @@ import argparse
 import json
 import pathlib
 
+from benchmarks import results
 from quantface_jax.fileio import atomic_write_text
 
 RESULTS = pathlib.Path(__file__).parent / "results"
@@ -71,25 +72,22 @@ def main() -> None:
   parser.add_argument("--ptq", type=pathlib.Path, default=RESULTS / "ptq_mini.json")
   parser.add_argument("--results", type=pathlib.Path, default=RESULTS)
   args = parser.parse_args()
-  eval_rows = json.loads((args.eval_dir / "metrics.json").read_text())  # evaluate(): a list of rows
-  rows, md = build_table(eval_rows, json.loads(args.ptq.read_text())["rows"])
-  atomic_write_text(
+  metrics = args.eval_dir / "metrics.json"
+  try:
+    eval_rows = json.loads(metrics.read_text())  # evaluate(): a list of rows
+    rows, md = build_table(eval_rows, results.read(args.ptq)["rows"])
+  except (OSError, ValueError) as err:  # ResultsError and JSONDecodeError are ValueErrors
+    raise SystemExit(f"{metrics}: {err}") from None
+  results.write(
     args.results / "qdlora_mini.json",
-    json.dumps(
-      dict(
-        eval_set="200 faces of celebahq512 4000-4199, degradation seed 0, 128 px",
-        command="bash benchmarks/remeasure_mini.sh qdlora",
-        rows=rows,
-      ),
-      indent=1,
-    ),
+    rows,
+    summary=dict(eval_set="200 faces of celebahq512 4000-4199, degradation seed 0, 128 px"),
   )
   atomic_write_text(
     args.results / "qdlora_mini.md",
-    "# QD-LoRA on `mini` (128 px)\n\nEval set: 200 faces of celebahq512 (4000–4199), degradation seed 0. "
-    "Made by `bash benchmarks/remeasure_mini.sh qdlora` (commands there); rows: `qdlora_mini.json`.\n\n"
-    + md
-    + "\n",
+    "# QD-LoRA on `mini` (128 px)\n\nEval set: 200 faces of celebahq512 (4000–4199), degradation "
+    "seed 0. Made by `python -m benchmarks.remeasure_mini qdlora` (commands there); rows: "
+    "`qdlora_mini.json`.\n\n" + md + "\n",
   )
   print(md)
 

@@ -1,8 +1,8 @@
 """Where quantizing a model goes: time per phase of `quantize` (calibration pass, per-layer
-balancing / low-rank split / clip search, range pass) for bench_setup.py's recipe.
+balancing / low-rank split / clip search, range pass) for `quant.students.light_recipe`.
 
-    python benchmarks/quantize_profile.py sd21     # 134 s on 2 CPU cores (828 s before session 4's fixes)
-    python benchmarks/quantize_profile.py mini
+    python -m benchmarks.quantize_profile sd21 [--out profile.json]   # 134 s on 2 CPU cores
+    python -m benchmarks.quantize_profile mini
 
 The phases are timed by wrapping `quant.api`'s module-level functions (each call blocked on its
 result). Layers are converted on a thread pool, so the per-layer phases are summed over its threads:
@@ -11,27 +11,28 @@ with N threads busy they can add up to N times the wall time they took.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import json
-import pathlib
-import sys
 import time
 
 import jax
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench_setup import bench_recipe  # pylint: disable=wrong-import-position
-
-from quantface_jax import checkpoint  # pylint: disable=wrong-import-position
-from quantface_jax.quant import api, quantize  # pylint: disable=wrong-import-position
+from benchmarks import results
+from quantface_jax import checkpoint
+from quantface_jax.quant import api, quantize
+from quantface_jax.quant.students import light_recipe
 
 PHASES = ("calibrate", "_balance", "low_rank_split", "clip_ratio", "calibrate_ranges")
 
 
-def main(preset: str) -> None:
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("preset", nargs="?", default="mini")
+  parser.add_argument("--out", default=None, help="results file the row is added to")
+  args = parser.parse_args()
+  preset = args.preset
   seconds, calls = collections.defaultdict(float), collections.Counter()
 
   def timed(name, fn):
@@ -49,7 +50,7 @@ def main(preset: str) -> None:
   fp = checkpoint.load(preset)
   res = fp.config.resolution
   face = np.random.default_rng(0).uniform(-1, 1, (1, res, res, 3)).astype(np.float32)
-  recipe = bench_recipe()
+  recipe = light_recipe()
   start = time.perf_counter()
   quantize(fp, recipe, calibration=[face])
   row = dict(
@@ -59,7 +60,9 @@ def main(preset: str) -> None:
     phases={n: dict(s=round(seconds[n], 1), calls=calls[n]) for n in PHASES},
   )
   print(json.dumps(row, indent=1))
+  if args.out:
+    results.append(args.out, [row])
 
 
 if __name__ == "__main__":
-  main(sys.argv[1] if len(sys.argv) > 1 else "mini")
+  main()

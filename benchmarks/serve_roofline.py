@@ -1,43 +1,40 @@
 """Roofline floors of the quantized layers of a restore: what int8 serving can gain over bf16, by design.
 
 A model, not a measurement: it traces the model abstractly (no weights are allocated), records the
-input and output shape of every Linear / Conv2d that DESIGN §2.1 quantizes, and gives each layer
-the floor max(ops / peak, bytes / bandwidth) on the H200 (989 TFLOP/s dense bf16, 1,979 TOPS int8,
-4.8 TB/s) for three ways of running it:
+input and output shape of every Linear / Conv2d that docs/design.md §2.1 quantizes, and gives each
+layer the floor max(ops / peak, bytes / bandwidth) on the H200 (989 TFLOP/s dense bf16, 1,979 TOPS
+int8, 4.8 TB/s) for three ways of running it:
 
   bf16        the layer as our bf16 model runs it: bf16 activations in and out, bf16 weights
   int8_built  what the serving path runs today: the quantize pass (bf16 in, int8 codes out), the
               int8 conv/GEMM writing f32 (cuDNN's int8 conv) or int32 (cuBLASLt), and the
               dequantizing epilogue as its own pass (f32/int32 in, bf16 out)
-  int8_fused  the kernels DESIGN §2.6 asks for: quantize fused into the producer's epilogue (int8
+  int8_fused  the kernels of docs/design.md §2.6: quantize fused into the producer's epilogue (int8
               codes are what the previous op writes), dequantization fused into the GEMM (bf16 out)
 
 The operations between the layers (GroupNorm, SiLU, attention cores, residual adds) are the same in
 all three and are not counted: the measured bf16 restore minus the bf16 floor bounds them from
 below. Weights count at their stored width (W4: half a byte). Usage:
 
-    python benchmarks/serve_roofline.py --preset sd21 --batch 16 --out benchmarks/results/serve_roofline_sd21.json
+    python -m benchmarks.serve_roofline --preset sd21 --batch 16 --out benchmarks/results/serve_roofline_sd21.json
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import json
 import math
-import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
-from bench_kernels import floor_s  # noqa: E402  (the H200 peaks and bandwidth, one place)
-
-from quantface_jax.models import PRESETS, build  # noqa: E402
-from quantface_jax.models.layers import Conv2d  # noqa: E402
-from quantface_jax.quant import get_recipe  # noqa: E402
+from benchmarks import results
+from benchmarks.bench_kernels import floor_s  # the H200 peaks and bandwidth, one place
+from quantface_jax.models import PRESETS, build
+from quantface_jax.models.layers import Conv2d
+from quantface_jax.quant import get_recipe
 from quantface_jax.quant import rules as rules_lib
 
 
@@ -55,7 +52,8 @@ class _ShapeProbe(nnx.Module):
 
 def layer_shapes(preset: str, batch: int, bits: str) -> list[dict]:
   """{path, kind, w_bits, rows M, K, N, in_elems, out_elems} of every layer the ``rtn`` recipe at
-  ``bits`` quantizes (DESIGN §2.1's scope: first/last layers at W8A8), in traversal order."""
+  ``bits`` quantizes (the scope of docs/design.md §2.1: first/last layers at W8A8), in traversal
+  order."""
   model = nnx.eval_shape(lambda: build(preset))
   shapes, configs = {}, {}
   rules = get_recipe("rtn", bits).rules
@@ -126,7 +124,7 @@ def main() -> None:
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--bits", default="W4A8", help="body width (first/last layers stay W8A8)")
   p.add_argument(
-    "--out", type=Path, default=None, help="JSON: per-layer rows and per-component sums"
+    "--out", type=Path, default=None, help="results file: per-layer rows, per-component sums"
   )
   args = p.parse_args()
   rows = layer_shapes(args.preset, args.batch, args.bits)
@@ -147,20 +145,9 @@ def main() -> None:
       f"| {s['int8_built'] / s['bf16']:.2f} | {s['int8_fused'] / s['bf16']:.2f} |"
     )
   if args.out:
-    from quantface_jax.fileio import atomic_write_text
-
-    atomic_write_text(
-      args.out,
-      json.dumps(
-        dict(
-          preset=args.preset,
-          batch=args.batch,
-          bits=args.bits,
-          sums={k: dict(v) for k, v in sums.items()},
-          layers=rows,
-        ),
-        indent=1,
-      ),
+    sums = {k: dict(v) for k, v in sums.items()}
+    results.write(
+      args.out, rows, summary=dict(preset=args.preset, batch=args.batch, bits=args.bits, sums=sums)
     )
 
 

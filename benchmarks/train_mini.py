@@ -1,16 +1,16 @@
 """Trains the `mini` OSDFace (configs/mini.py) and writes the shippable results to --out.
 
-  python benchmarks/train_mini.py --out OUT [--workdir DIR] [--resume TAR] [key=value ...]
+  python -m benchmarks.train_mini --out OUT [--workdir DIR] [--resume TAR] [key=value ...]
 
 OUT receives: model.safetensors + config.json (fp16), metrics.jsonl, checkpoints.tar (the model after
 the last finished stage, re-written after each stage; extract into the workdir to resume),
-val_grid.png (LQ | restored | HQ, 8 val faces) and summary.json.
+val_grid.png (LQ | restored | HQ, 8 val faces) and summary.json (a results file: one row per
+stage). `python -m benchmarks.gpu train_mini` runs it with the stage budgets of the shipped model.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tarfile
@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import results
 from quantface_jax.cli import configure_logging
 from quantface_jax.data import io as image_io
 from quantface_jax.models.osdface import parameter_counts
@@ -82,7 +83,7 @@ def main() -> None:
 
   config = apply_overrides(load_config_file(args.config), args.overrides)
   print(f"devices: {jax.devices()}", flush=True)
-  model, results = train_fp(
+  model, stage_results = train_fp(
     config, args.workdir, on_stage_done=lambda name, _: archive_stage(args.workdir, args.out, name)
   )
   t_train = time.perf_counter() - t_start
@@ -94,29 +95,32 @@ def main() -> None:
   scores, grid = evaluate(shipped, fp_stages.val_batches(config), jnp.float32)
   image_io.write_image(os.path.join(args.out, "val_grid.png"), grid)
 
+  stages = {
+    name: {
+      "steps": r.steps_run,
+      "seconds": round(r.seconds, 1),
+      "steps_per_s": round(r.steps_run / max(r.seconds, 1e-9), 2),  # compile included
+      "compile_profile": r.compile_profile,
+      "final_train": r.train_metrics,
+      "val": r.val_metrics,
+    }
+    for name, r in stage_results.items()
+  }
   summary = {
     "devices": [str(d) for d in jax.devices()],
     "parameters": parameter_counts(shipped),
-    "stages": {
-      name: {
-        "steps": r.steps_run,
-        "seconds": round(r.seconds, 1),
-        "steps_per_s": round(r.steps_run / max(r.seconds, 1e-9), 2),  # compile included
-        "compile_profile": r.compile_profile,
-        "final_train": r.train_metrics,
-        "val": r.val_metrics,
-      }
-      for name, r in results.items()
-    },
     "train_wall_s": round(t_train, 1),
     "val_fp16_weights_fp32_compute": scores,
     "last_logged": {s: (read_metrics(args.workdir, s) or [{}])[-1] for s in config.stages},
     "total_wall_s": round(time.perf_counter() - t_start, 1),
   }
-  with open(os.path.join(args.out, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  results.write(
+    os.path.join(args.out, "summary.json"),
+    [dict(stage=name, **s) for name, s in stages.items()],
+    summary=summary,
+  )
   print("\n== summary ==")
-  for name, s in summary["stages"].items():
+  for name, s in stages.items():
     loss = s["final_train"].get("loss", float("nan"))
     print(
       f"{name:5s} {s['steps']:6d} steps {s['seconds']:7.1f}s {s['steps_per_s']:7.2f} step/s "

@@ -102,7 +102,7 @@ def flat_params(model: nnx.Module, filt=nnx.Param) -> dict[str, jax.Array]:
   }
 
 
-def read_manifest(
+def read_checked_manifest(
   directory: str | os.PathLike, *, fmt: str, version: int, name: str = "manifest.json"
 ) -> dict:
   """The JSON manifest of a QDIR/SERVE_DIR-style directory, checked to be `fmt` at `version`."""

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import pathlib
+import time
 
 import numpy as np
 
 from quantface_jax.data import io as image_io
+
+log = logging.getLogger(__name__)
 
 # (source, crop box top, bottom, left, right): face crops framed like the CelebA-HQ training faces.
 SAMPLE_FACES = {
@@ -40,8 +44,11 @@ def write_sample_faces(out_dir: pathlib.Path) -> pathlib.Path:
   return out_dir
 
 
-# Quantized rows of the demo, calibrated on other-seed degradations of the same sample faces.
-DEMO_RECIPES = ("rtn", "quantface")
+# The quantized rows: the trained QuantFace model shipped packed in the package (QD-LoRA), and the
+# best untrained W4A4 baseline of the PTQ table (SVDQuant), calibrated on other-seed degradations
+# of the same sample faces.
+SHIPPED_MODEL = "mini-w4a4"
+BASELINE_RECIPE = "svdquant"
 DEMO_BITS = "W4A4"
 CALIBRATION_SEEDS = (1, 2, 3, 4)
 
@@ -50,7 +57,8 @@ def run_demo(
   out_dir, *, ckpt: str = "mini", seed: int = 0, batch_size: int = 4, quantized: bool = True
 ) -> list[dict]:
   """Restores synthetic degradations of the sample faces with the FP model and, if ``quantized``,
-  its DEMO_RECIPES at DEMO_BITS, and writes the evaluation report into ``out_dir``."""
+  the shipped trained W4A4 model (when ``ckpt`` is its base, "mini") and the untrained
+  BASELINE_RECIPE at DEMO_BITS, and writes the evaluation report into ``out_dir``."""
   from quantface_jax.checkpoint import load
   from quantface_jax.evaluate import evaluate, synthetic_set
   from quantface_jax.inference import make_restore_fn
@@ -60,35 +68,48 @@ def run_demo(
   res = model.config.resolution
   hq_dir = write_sample_faces(out_dir / "samples")
   eval_set = synthetic_set(hq_dir, out_dir, resolution=res, indices=None, seed=seed)
-  variants = {"fp32": make_restore_fn(model)}
+  variants = {"fp32": make_restore_fn(model, name="fp32 restore")}
   if quantized:
+    variants.update(_shipped_variant(ckpt))
     variants.update(_quantized_variants(model, hq_dir, res))
   return evaluate(variants, eval_set, out_dir, resolution=res, batch_size=batch_size)
 
 
+def _shipped_variant(ckpt: str) -> dict:
+  """{row name: restore fn} of the packed trained model shipped for ``ckpt`` (none if absent)."""
+  from quantface_jax.inference import make_restore_fn
+  from quantface_jax.serve import load_served, shipped_models
+
+  if ckpt != "mini" or SHIPPED_MODEL not in shipped_models():
+    return {}
+  name = f"quantface {DEMO_BITS} + QD-LoRA ({SHIPPED_MODEL}, shipped)"
+  return {name: make_restore_fn(load_served(SHIPPED_MODEL), name=f"{SHIPPED_MODEL} restore")}
+
+
 def _quantized_variants(model, hq_dir: pathlib.Path, res: int) -> dict:
-  """recipe name -> restore fn; one shared calibration on the sample faces' other-seed LQs."""
-  from quantface_jax.data.datasets import HQFolderDataset
+  """{row name: restore fn} of the untrained baseline, calibrated on the sample faces' other-seed
+  LQs."""
+  from quantface_jax.data.calibration import calibration_faces
   from quantface_jax.inference import make_restore_fn
   from quantface_jax.quant import calibrate, get_recipe, quantize
 
-  lq = [
-    HQFolderDataset(hq_dir, res, seed=s).load(i)[0]
-    for s in CALIBRATION_SEEDS
-    for i in range(len(SAMPLE_FACES))
-  ]
-  batches = [np.stack(lq).astype(np.float32) * 2.0 - 1.0]
-  recipes = [get_recipe(name, DEMO_BITS) for name in DEMO_RECIPES]
-  settings = recipes[0].calibration
+  batches = [calibration_faces(res, hq_dir=hq_dir, seeds=CALIBRATION_SEEDS)]
+  recipe = get_recipe(BASELINE_RECIPE, DEMO_BITS)
+  settings = recipe.calibration
+  start = time.perf_counter()
   stats = calibrate(
     model,
     batches,
-    rules=recipes[0].rules,
+    rules=recipe.rules,
     max_samples=settings.max_samples,
     seed=settings.seed,
     progress=False,
   )
-  return {
-    recipe.name: make_restore_fn(quantize(model, recipe, calibration=stats, images=batches))
-    for recipe in recipes
-  }
+  log.info(
+    "calibrated in %.1f s (compiling its forward pass included)", time.perf_counter() - start
+  )
+  start = time.perf_counter()
+  qmodel = quantize(model, recipe, calibration=stats, images=batches)
+  log.info("quantized %s in %.1f s (compiles included)", recipe.name, time.perf_counter() - start)
+  name = f"untrained PTQ baseline ({recipe.name})"
+  return {name: make_restore_fn(qmodel, name=f"{recipe.name} restore")}

@@ -69,12 +69,15 @@ def evaluate(
   grid_faces: int = 8,
   reference: str | None = None,
   with_niqe: bool = True,
+  with_faces: bool = False,
 ) -> list[dict]:
   """Restores ``eval_set`` with each variant and writes metrics.json, report.md and grid.png.
 
   Rows: ``input`` (the LQ images themselves, resized to the model resolution) and one per variant,
   each with psnr/ssim (when ground truth exists), niqe and n; variants other than ``reference``
   (default: the first) also get ``psnr_vs_fp``, their PSNR against the reference's outputs.
+  ``with_faces`` (ground truth and the `faces` extra needed): ``ids``/``lmd``, the mean dlib
+  identity and landmark distances to the ground truth (``metrics.faces``).
   """
   out_dir = pathlib.Path(out_dir)
   reference = reference or next(iter(variants))
@@ -100,9 +103,17 @@ def evaluate(
     failed.update(result.failed)
     outputs[name] = _load_stack([out_dir / "images" / name / f"{s}.png" for s in stems], resolution)
 
-  rows = [dict(variant="input", n=len(stems), **compute_metrics(lq, gt, with_niqe=with_niqe))]
+  def metrics(images):
+    values = compute_metrics(images, gt, with_niqe=with_niqe)
+    if with_faces and gt is not None:
+      from quantface_jax.metrics.faces import mean_face_distances
+
+      values.update(mean_face_distances(images, gt))
+    return values
+
+  rows = [dict(variant="input", n=len(stems), **metrics(lq))]
   for name, images in outputs.items():
-    row = dict(variant=name, n=len(stems), **compute_metrics(images, gt, with_niqe=with_niqe))
+    row = dict(variant=name, n=len(stems), **metrics(images))
     if name != reference:
       row["psnr_vs_fp"] = float(
         np.mean([fidelity_psnr(a, b) for a, b in zip(images, outputs[reference])])
@@ -122,7 +133,8 @@ def evaluate(
 
 
 def report_markdown(rows: list[dict], description: str, failed: Mapping[str, str]) -> str:
-  cols = [c for c in ("psnr", "ssim", "niqe", "psnr_vs_fp", "n") if any(c in r for r in rows)]
+  cols = ("psnr", "ssim", "psnr_vs_fp", "ids", "lmd", "niqe", "n")
+  cols = [c for c in cols if any(c in r for r in rows)]
   fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
   lines = [
     f"# Evaluation\n\n{description}.\n",
@@ -134,8 +146,10 @@ def report_markdown(rows: list[dict], description: str, failed: Mapping[str, str
   ]
   lines.append(
     "\nPSNR/SSIM: RGB, basicsr conventions, against ground truth; psnr_vs_fp: against the FP "
-    "model's output; NIQE: LIVE pristine model (images under 192 px are upsampled first, "
-    "see quantface_jax.metrics.niqe).\n\n![grid](grid.png)\n"
+    "model's output; ids/lmd: dlib identity-descriptor and 68-landmark distances to ground truth "
+    "(lower is better; quantface_jax.metrics.faces); NIQE: LIVE pristine model (images under "
+    "192 px are upsampled first, see quantface_jax.metrics.niqe), not a quality signal here: "
+    "quantization noise reads as texture to it and lowers it.\n\n![grid](grid.png)\n"
   )
   if failed:
     lines.append("\n## Failed inputs\n" + "\n".join(f"- {reason}" for reason in failed.values()))

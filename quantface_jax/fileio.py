@@ -62,6 +62,9 @@ def atomic_directory(path: os.PathLike | str, *, overwrite: bool) -> Iterator[pa
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
   try:
     yield tmp
+    # Writers that make their own temporary files (safetensors) leave them 0600.
+    for item in tmp.rglob("*"):
+      os.chmod(item, 0o755 if item.is_dir() else 0o644)
     os.chmod(tmp, 0o755)
     if path.exists():
       shutil.rmtree(path)

@@ -1,4 +1,4 @@
-"""Session-wide fixtures: one tiny model for the whole suite, and the face data when present."""
+"""Fixtures shared by the whole test run: one tiny model, and the face data when present."""
 
 import os
 import pathlib
@@ -29,3 +29,15 @@ def faces_dir():
   if not d.is_dir():
     pytest.skip(f"face data not found at {d}")
   return d
+
+
+def write_random_faces(root: pathlib.Path, count: int, size: int, seed: int = 0) -> pathlib.Path:
+  """``count`` random RGB images ``0.png`` ... of ``size``² pixels in ``root``; returns ``root``."""
+  import numpy as np
+
+  from quantface_jax.data import io as image_io
+
+  rng = np.random.default_rng(seed)
+  for i in range(count):
+    image_io.write_image(root / f"{i}.png", rng.uniform(0, 1, (size, size, 3)).astype(np.float32))
+  return root

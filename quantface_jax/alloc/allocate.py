@@ -1,7 +1,6 @@
-"""`quantface allocate`: calibrate + quantize, sensitivity sweep, integer program, bits map.
+"""The bit allocation end to end: calibrate + quantize, sensitivity sweep, integer program, bits map.
 
-    quantface allocate [--ckpt CKPT] --calib DIR --budget 4.0 [--lambda X] [--objective bits|bops]
-        --out bits.json
+`quantface allocate` runs `allocate`.
 
 The model is quantized uniformly at W{w_bits}A{a_bits} with the recipe (the starting point), the
 sweep measures every allocatable layer (all quantized layers except the recipe's W8A8 ones) and
@@ -12,10 +11,8 @@ recipe's width. The bits map names every quantized layer (the W8A8 ones at their
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-import pathlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,10 +21,10 @@ from flax import nnx
 
 from quantface_jax.alloc import program
 from quantface_jax.alloc.sensitivity import SensitivityTable, layer_sizes, sensitivity_sweep
+from quantface_jax.data.calibration import as_batches, calibration_faces
 from quantface_jax.quant import Recipe, get_bits, get_recipe, quantize, set_bits
 from quantface_jax.quant import rules as rules_lib
-
-_OBJECTIVES = {"bits": "bits", "bops": "bops_fraction"}
+from quantface_jax.quant.bits_map import save_bits_map
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -46,20 +43,9 @@ class AllocateResult:
   allocation: program.Allocation
 
 
-def calibration_faces(
-  calib_dir: str | os.PathLike[str], resolution: int, *, count: int, seed: int
-) -> np.ndarray:
-  """(count, R, R, 3) LQ faces in [-1, 1]: the first `count` files of `calib_dir`, degraded with
-  `seed` (the project's pipeline, as `HQFolderDataset` makes them)."""
-  from quantface_jax.data.datasets import HQFolderDataset  # pylint: disable=g-import-not-at-top
-
-  dataset = HQFolderDataset(calib_dir, resolution, indices=range(count), seed=seed)
-  return np.stack([dataset.load(i)[0] for i in range(count)]) * 2.0 - 1.0
-
-
 def allocatable_paths(model: nnx.Module, recipe) -> list[str]:
-  """Layers of the FP `model` that `recipe` quantizes, less the W8A8-kept ones (DESIGN §2.1), in
-  `quant_layers` order of the quantized model."""
+  """Layers of the FP `model` that `recipe` quantizes, less the W8A8-kept ones (docs/design.md
+  §2.1), in `quant_layers` order of the quantized model."""
   keep = [(pattern, True) for pattern in rules_lib.KEEP_W8A8]
   return [
     path
@@ -74,12 +60,13 @@ def allocate(
   *,
   recipe: str | Recipe = "quantface",
   budget: float = 4.0,
-  lam: float = 1.0,
+  perceptual_weight: float = 1.0,
   budget_kind: program.BudgetKind = "bits",
   widths: Sequence[int] = (3, 4, 5, 6),
   which: program.Mode = "activations",
   w_bits: int = 4,
   a_bits: int = 4,
+  calib_lq: bool = False,
   calib_count: int = 32,
   calib_seed: int = 1,
   sweep_count: int = 8,
@@ -93,17 +80,20 @@ def allocate(
 
   Args:
     model_ckpt: checkpoint directory, preset name (`mini`) or an FP model.
-    calib_dir: folder of HQ faces; the first `calib_count`, degraded with `calib_seed`, calibrate.
+    calib_dir: folder of HQ faces; the first `calib_count`, degraded with `calib_seed`, calibrate
+      (with `calib_lq`: real low-quality faces, used as they are).
     recipe: quantization recipe name (`get_recipe` at W{w_bits}A{a_bits}), or a `Recipe` (its
       body widths must be w_bits, a_bits).
     budget: mean width of the allocated operand ("bits") or BOPs / all-W8A8 BOPs ("bops_fraction").
-    lam: λ, the weight of the perceptual cost p against the latent error e (both mean-normalised).
+    perceptual_weight: λ, the weight of the perceptual cost p against the latent error e (both
+      mean-normalised).
     budget_kind: "bits", "bops" (absolute) or "bops_fraction".
     widths: candidate widths.
     which: the operand allocated: "activations", "weights" or "both".
     w_bits: the recipe's uniform weight width (kept in "activations" mode).
     a_bits: the recipe's uniform activation width (kept in "weights" mode).
-    calib_count: calibration faces.
+    calib_lq: `calib_dir` holds real LQ faces.
+    calib_count: calibration faces (all of the folder's when it holds fewer).
     calib_seed: seed of their degradations.
     sweep_count: the first this many calibration faces form the sweep's fixed batch.
     chunk_size: sweep configurations per compiled call.
@@ -124,7 +114,7 @@ def allocate(
     widths=widths,
     budget=budget,
     budget_kind=budget_kind,
-    perceptual_weight=lam,
+    perceptual_weight=perceptual_weight,
     mode=which,
     fixed_w_bits=w_bits,
     fixed_a_bits=a_bits,
@@ -135,13 +125,13 @@ def allocate(
     zeros, zeros, n_act=n_act, n_weight=n_weight, macs=macs, **problem_kwargs
   )  # Fails fast on an infeasible budget.
 
-  lq = calibration_faces(calib_dir, fp_model.config.resolution, count=calib_count, seed=calib_seed)
-  size = quant_recipe.calibration.batch_size
+  source = {"lq_dir" if calib_lq else "hq_dir": calib_dir}
+  lq = calibration_faces(fp_model.config.resolution, count=calib_count, seeds=calib_seed, **source)
   model = quantize(
     fp_model,
     quant_recipe,
     progress=progress,
-    calibration=[lq[i : i + size] for i in range(0, len(lq), size)],
+    calibration=as_batches(lq, quant_recipe.calibration.batch_size),
   )
 
   cache_dir = cache_dir or f"{out}.sweep"
@@ -167,8 +157,9 @@ def allocate(
     "model": fp_model.config.name if model_ckpt is fp_model else str(model_ckpt),
     "calibration": {
       "dir": str(calib_dir),
-      "count": calib_count,
-      "seed": calib_seed,
+      "lq": calib_lq,
+      "count": len(lq),
+      "seed": None if calib_lq else calib_seed,
       "sweep_count": sweep_count,
     },
     "allocated_layers": len(table.paths),
@@ -176,75 +167,8 @@ def allocate(
     "metric_e": "relative MSE of z_H",
     "metric_p": "1 - SSIM of the decoded image vs FP",
   }
-  program.save_bits_map(out, bits_map, meta)
+  save_bits_map(out, bits_map, meta)
   set_bits(model, bits_map)
   return AllocateResult(
     model=model, bits_map=bits_map, meta=meta, table=table, allocation=allocation
   )
-
-
-def add_allocate_parser(subparsers) -> argparse.ArgumentParser:
-  """Adds `allocate` to a `quantface` subparsers object (sets `func=cmd_allocate`)."""
-  s = subparsers.add_parser("allocate", help="per-layer bit widths under a budget (bits map JSON)")
-  s.add_argument("--ckpt", default="mini", help="checkpoint dir or preset (default: mini)")
-  s.add_argument("--calib", required=True, help="folder of HQ faces for calibration and the sweep")
-  s.add_argument(
-    "--budget",
-    type=float,
-    default=4.0,
-    help="mean width (--objective bits) or fraction of W8A8 BOPs (bops)",
-  )
-  s.add_argument(
-    "--lambda",
-    dest="lam",
-    type=float,
-    default=1.0,
-    help="weight of the perceptual cost (1 - SSIM) against the latent error",
-  )
-  s.add_argument(
-    "--objective", choices=sorted(_OBJECTIVES), default="bits", help="what --budget limits"
-  )
-  s.add_argument("--recipe", default="quantface", help="quantization recipe")
-  s.add_argument("--which", choices=["activations", "weights", "both"], default="activations")
-  s.add_argument("--widths", default="3,4,5,6", help="candidate widths, comma separated")
-  s.add_argument("--w-bits", type=int, default=4, help="recipe weight width")
-  s.add_argument("--a-bits", type=int, default=4, help="recipe activation width")
-  s.add_argument("--calib-count", type=int, default=32)
-  s.add_argument("--calib-seed", type=int, default=1)
-  s.add_argument("--sweep-count", type=int, default=8, help="faces in the sweep's batch")
-  s.add_argument("--chunk-size", type=int, default=8, help="sweep configurations per call")
-  s.add_argument("--cache-dir", default=None, help="sweep cache (default: OUT.sweep)")
-  s.add_argument("--out", required=True, help="bits map JSON to write")
-  s.set_defaults(func=cmd_allocate)
-  return s
-
-
-def cmd_allocate(args: argparse.Namespace) -> int:
-  try:
-    result = allocate(
-      args.ckpt,
-      args.calib,
-      recipe=args.recipe,
-      budget=args.budget,
-      lam=args.lam,
-      budget_kind=_OBJECTIVES[args.objective],
-      widths=tuple(int(w) for w in args.widths.split(",")),
-      which=args.which,
-      w_bits=args.w_bits,
-      a_bits=args.a_bits,
-      calib_count=args.calib_count,
-      calib_seed=args.calib_seed,
-      sweep_count=args.sweep_count,
-      chunk_size=args.chunk_size,
-      out=args.out,
-      cache_dir=args.cache_dir,
-    )
-  except ValueError as e:
-    raise SystemExit(f"quantface allocate: {e}") from e
-  meta = result.meta
-  print(
-    f"{meta['allocated_layers']} layers: mean width {meta['mean_width']:.4f} "
-    f"(budget {meta['budget']:g} {meta['budget_kind']}, lambda {meta['perceptual_weight']:g}), "
-    f"sweep {meta['sweep_time_s']:.1f} s -> {pathlib.Path(args.out)}"
-  )
-  return 0

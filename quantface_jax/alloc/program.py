@@ -1,4 +1,4 @@
-"""Integer program of the adaptive bit-width allocation (DESIGN.md §2.5).
+"""Integer program of the adaptive bit-width allocation (docs/design.md §2.5).
 
 One width b_l ∈ `widths` is chosen per quantized layer l to minimise
 
@@ -18,28 +18,21 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
-import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 
-from quantface_jax.fileio import atomic_write_text
+from quantface_jax.quant.bits_map import MAX_BITS, MIN_BITS, check_bits
 
 Mode = Literal["activations", "weights", "both"]
 BudgetKind = Literal["bits", "bops", "bops_fraction"]
 Normalization = Literal["mean", "max", "none"]
 
-MIN_BITS = 2
-MAX_BITS = 8
 # Budget rows are scaled to O(1) (mean width, or fraction of W8A8 BOPs); solvers may exceed the
 # row limit by at most this much, and brute force accepts the same slack.
 BUDGET_TOLERANCE = 1e-9
-_BITS_MAP_FORMAT = "quantface-bits-map"
-_BITS_MAP_VERSION = 1
-_REQUIRED_META_KEYS = ("mean_width", "bops", "perceptual_weight", "budget", "budget_kind")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -177,10 +170,10 @@ def build_problem(
   allowed_mask = _allowed_mask(widths_arr, num_layers, min_bits, max_bits, allowed)
   chosen = np.broadcast_to(widths_arr, (num_layers, num_widths))
   if mode == "activations":
-    _validate_bits("fixed_w_bits", fixed_w_bits)
+    check_bits("fixed_w_bits", fixed_w_bits)
     w_bits, a_bits, width_counts = np.full_like(chosen, fixed_w_bits), chosen, n_act
   elif mode == "weights":
-    _validate_bits("fixed_a_bits", fixed_a_bits)
+    check_bits("fixed_a_bits", fixed_a_bits)
     if n_weight is None:
       raise ValueError("n_weight is required in mode 'weights'")
     w_bits, a_bits, width_counts = chosen, np.full_like(chosen, fixed_a_bits), n_weight
@@ -325,7 +318,7 @@ def allocate_bits(
 
 
 def allocation_meta(problem: AllocationProblem, allocation: Allocation) -> dict[str, Any]:
-  """JSON-ready summary of a solved allocation, for `save_bits_map`."""
+  """JSON-ready summary of a solved allocation, the ``meta`` of its bits-map file."""
   return {
     "mean_width": allocation.mean_width,
     "bops": allocation.bops,
@@ -355,50 +348,6 @@ def allocation_to_bits_map(
     path: (int(w), int(a))
     for path, w, a in zip(layer_paths, allocation.w_bits, allocation.a_bits, strict=True)
   }
-
-
-def save_bits_map(
-  path: str | os.PathLike[str], bits_map: Mapping[str, tuple[int, int]], meta: Mapping[str, Any]
-) -> None:
-  """Writes `bits_map` and `meta` as JSON atomically (temporary file, then `os.replace`).
-
-  `meta` must hold at least mean_width, bops, perceptual_weight, budget and budget_kind
-  (`allocation_meta` gives them).
-  """
-  missing = [key for key in _REQUIRED_META_KEYS if key not in meta]
-  if missing:
-    raise ValueError(f"meta lacks {missing}")
-  layers = {}
-  for key, bits in bits_map.items():
-    layers[key] = list(_validate_bits_pair(key, bits))
-  document = {
-    "format": _BITS_MAP_FORMAT,
-    "version": _BITS_MAP_VERSION,
-    "meta": dict(meta),
-    "layers": layers,
-  }
-  atomic_write_text(path, json.dumps(document, indent=1))
-
-
-def load_bits_map(
-  path: str | os.PathLike[str],
-) -> tuple[dict[str, tuple[int, int]], dict[str, Any]]:
-  """Reads a `save_bits_map` file; returns (bits_map, meta).
-
-  Raises:
-    ValueError: the file is not a bits map, or an entry is not two integer widths in 2..8 (the
-      message names the module path).
-  """
-  with open(path) as f:
-    document = json.load(f)
-  if not isinstance(document, dict) or document.get("format") != _BITS_MAP_FORMAT:
-    raise ValueError(f"{path} is not a {_BITS_MAP_FORMAT} file")
-  if document.get("version") != _BITS_MAP_VERSION:
-    raise ValueError(f"{path}: unsupported version {document.get('version')!r}")
-  layers, meta = document.get("layers"), document.get("meta")
-  if not isinstance(layers, dict) or not isinstance(meta, dict):
-    raise ValueError(f"{path}: 'layers' and 'meta' must be JSON objects")
-  return {key: _validate_bits_pair(key, bits) for key, bits in layers.items()}, meta
 
 
 def _highs_options() -> dict[str, Any]:
@@ -509,20 +458,3 @@ def _validate_counts(name: str, counts: np.ndarray, num_layers: int) -> np.ndarr
   if not np.isfinite(arr).all() or (arr < 0).any():
     raise ValueError(f"{name} must be finite and non-negative")
   return arr
-
-
-def _validate_bits(name: str, bits: Any) -> int:
-  if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
-    raise ValueError(f"{name} must be an int, got {bits!r}")
-  if not MIN_BITS <= bits <= MAX_BITS:
-    raise ValueError(f"{name} must be within {MIN_BITS}..{MAX_BITS}, got {bits}")
-  return int(bits)
-
-
-def _validate_bits_pair(key: str, bits: Any) -> tuple[int, int]:
-  if not isinstance(bits, (list, tuple)) or len(bits) != 2:
-    raise ValueError(f"bits map entry {key!r} must be (w_bits, a_bits), got {bits!r}")
-  return (
-    _validate_bits(f"w_bits of {key!r}", bits[0]),
-    _validate_bits(f"a_bits of {key!r}", bits[1]),
-  )

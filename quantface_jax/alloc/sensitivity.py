@@ -1,4 +1,4 @@
-"""Per-layer sensitivity sweep of DESIGN §2.5: e(l, b) and p(l, b) for every quantized layer.
+"""Per-layer sensitivity sweep (docs/design.md §2.5): e(l, b) and p(l, b) for every quantized layer.
 
 For layer l and width b, only l is quantized (at b bits for the swept operand, the other operand at
 `fixed_bits`); every other quantized layer runs at `PASSTHROUGH_BITS` (exact full precision):
@@ -37,14 +37,14 @@ from flax import nnx
 
 from quantface_jax.alloc.program import Mode
 from quantface_jax.fileio import atomic_open
-from quantface_jax.quant import QuantBits, account, get_bits, quant_layers
+from quantface_jax.metrics.fidelity import traced_ssim
+from quantface_jax.quant import account, get_bits, quant_layers
 from quantface_jax.quant import rules as rules_lib
-from quantface_jax.quant.layers import QUANT_LAYERS
+from quantface_jax.quant.layers import QUANT_LAYERS, QuantBits
 from quantface_jax.quant.quantizers import PASSTHROUGH_BITS
 
 _INDEX = "index.json"
 _REFERENCE = "reference.npz"
-_SSIM_C1, _SSIM_C2 = 0.01**2, 0.03**2  # SSIM constants for images in [0, 1].
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -151,32 +151,7 @@ def scores(z, image, ref_z, ref_image):
   (clipped at 0: SSIM of identical images is 1 only up to float rounding)."""
   axes = tuple(range(1, z.ndim))
   e = jnp.sum(jnp.square(z - ref_z), axes) / jnp.sum(jnp.square(ref_z))
-  return e, jnp.maximum(1.0 - jax.vmap(lambda x: ssim(x, ref_image))(image), 0.0)
-
-
-def ssim(x: jax.Array, y: jax.Array) -> jax.Array:
-  """Mean SSIM of (N, H, W, C) images in [0, 1] (Gaussian 11×11, σ = 1.5, valid region)."""
-  taps = np.exp(-0.5 * ((np.arange(11) - 5) / 1.5) ** 2)
-  taps = jnp.asarray(taps / taps.sum(), x.dtype)
-  channels = x.shape[-1]
-
-  def blur(t):
-    for shape in ((11, 1), (1, 11)):
-      kernel = jnp.tile(taps.reshape(*shape, 1, 1), (1, 1, 1, channels))
-      t = jax.lax.conv_general_dilated(
-        t,
-        kernel,
-        (1, 1),
-        "VALID",
-        feature_group_count=channels,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      )
-    return t
-
-  mx, my = blur(x), blur(y)
-  vx, vy, cov = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
-  num = (2 * mx * my + _SSIM_C1) * (2 * cov + _SSIM_C2)
-  return jnp.mean(num / ((mx**2 + my**2 + _SSIM_C1) * (vx + vy + _SSIM_C2)))
+  return e, jnp.maximum(1.0 - jax.vmap(lambda x: traced_ssim(x, ref_image))(image), 0.0)
 
 
 def sensitivity_sweep(

@@ -1,4 +1,5 @@
-"""The OSDFace release (DESIGN §1 "Release files") -> an `OSDFace` model, every key accounted for.
+"""The OSDFace release -> an `OSDFace` model, every key accounted for (docs/design.md §1, "Release
+files"; convert/README.md).
 
 Sources: the SD-2.1-base diffusers folder (``unet/``, ``vae/``), ``pytorch_lora_weights.safetensors``
 (merged into the UNet), ``associate_2.ckpt`` (a PyTorch Lightning checkpoint, read by a restricted
@@ -39,9 +40,24 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 VRE_FILE = "associate_2.ckpt"
 EMBEDDING_CHANGE_FILE = "embedding_change_weights.pth"
 VRE_PREFIX = "vqvae_LQ."
-VRE_RENAMES = {"conv_shortcut": "nin_shortcut"}  # ours -> taming
-# Parts of associate_2.ckpt's LQ branch the VRE does not use.
-VRE_UNUSED = re.compile(r"vqvae_LQ\.(decoder|post_quant_conv)\..*")
+# Ours -> OSDFace's. Its attention block (`MultiHeadAttnBlock`) holds two GroupNorms; self-attention
+# normalizes with ``norm1`` only, which is our block's one ``norm``.
+VRE_RENAMES = {"conv_shortcut": "nin_shortcut", "norm": "norm1"}
+# Entries of associate_2.ckpt's LQ branch that OSDFace's VRE never reads: (fullmatch pattern, why).
+VRE_UNUSED = (
+  (
+    re.compile(r"vqvae_LQ\.(decoder|post_quant_conv)\..*"),
+    "LQ decoder / post_quant_conv: the VRE uses the encoder only",
+  ),
+  (
+    re.compile(r"vqvae_LQ\.encoder\.(down\.\d+\.attn\.\d+|mid\.attn_1)\.norm2\.(weight|bias)"),
+    "MultiHeadAttnBlock.norm2 normalizes a second (cross-attention) input; self-attention uses norm1",
+  ),
+  (
+    re.compile(r"vqvae_LQ\.quantize\.pos_embedding"),
+    "position table of use_pos_embedding, which OSDFace's inference leaves off",
+  ),
+)
 # Old diffusers VAE attention names (still in some hub checkpoints) -> current ones.
 _VAE_LEGACY_ATTENTION = re.compile(
   r"((?:en|de)coder\.mid_block\.attentions\.0)\.(query|key|value|proj_attn)\."
@@ -310,6 +326,11 @@ def vre_config_from_state_dict(
   )
 
 
+def vre_unused_reason(key: str) -> str | None:
+  """Why OSDFace's VRE never reads the associate_2.ckpt entry ``key``, or None if it does."""
+  return next((why for pattern, why in VRE_UNUSED if pattern.fullmatch(key)), None)
+
+
 def _split_vre_checkpoint(
   state_dict: Mapping[str, np.ndarray],
 ) -> tuple[dict[str, np.ndarray], ConversionReport]:
@@ -318,8 +339,8 @@ def _split_vre_checkpoint(
   for key, value in state_dict.items():
     if not key.startswith(VRE_PREFIX):
       skipped.append((key, f"outside {VRE_PREFIX} (not the LQ branch)"))
-    elif VRE_UNUSED.fullmatch(key):
-      skipped.append((key, "LQ decoder / post_quant_conv: the VRE uses the encoder only"))
+    elif (why := vre_unused_reason(key)) is not None:
+      skipped.append((key, why))
     else:
       kept[key[len(VRE_PREFIX) :]] = value
   return kept, ConversionReport(skipped=tuple(skipped))

@@ -9,6 +9,7 @@ conv, torch OIHW <-> our HWIO. Everything else keeps its layout.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import re
@@ -52,6 +53,24 @@ class ConversionReport:
       skipped=sum((r.skipped for r in reports), ()),
       merged=sum((r.merged for r in reports), ()),
     )
+
+  def summary(self) -> str:
+    """A few lines: per source (the part of a key before its first ``:``), how many keys were loaded,
+    LoRA-merged and skipped, the skipped ones counted per reason."""
+    source = lambda key: key.split(":", 1)[0] if ":" in key else "(model)"
+    sources = dict.fromkeys(
+      [source(k) for k in self.loaded + self.merged] + [source(k) for k, _ in self.skipped]
+    )
+    lines = []
+    for name in sources:
+      loaded = sum(source(k) == name for k in self.loaded)
+      merged = sum(source(k) == name for k in self.merged)
+      reasons = collections.Counter(why for k, why in self.skipped if source(k) == name)
+      parts = [f"{loaded} loaded"] + ([f"{merged} LoRA-merged"] if merged else [])
+      parts += [f"{sum(reasons.values())} skipped"] if reasons else []
+      lines.append(f"{name}: " + ", ".join(parts))
+      lines += [f"  skipped {n}: {why}" for why, n in reasons.most_common()]
+    return "\n".join(lines)
 
   def to_json(self) -> str:
     return json.dumps(

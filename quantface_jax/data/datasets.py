@@ -1,17 +1,13 @@
-"""Face folders as datasets, a resumable prefetching batch iterator, and on-disk eval sets.
+"""Face folders as datasets, a resumable batch iterator (grain's, `pipeline`), and on-disk eval sets.
 
 Images are float32 (H, W, 3) RGB in [0, 1]; batches stack them to (B, H, W, 3) float32 in [0, 1]
 (models map them to [-1, 1] themselves).
 """
 
-import collections
 import concurrent.futures
 import dataclasses
-import functools
 import json
 import logging
-import math
-import multiprocessing
 import os
 import pathlib
 from collections.abc import Iterator, Sequence
@@ -106,7 +102,7 @@ class LQFolderDataset:
     return image_io.read_image(self.files[index], self.size), self.files[index].name
 
 
-def _collate(items: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+def collate(items: list[tuple[Any, ...]]) -> tuple[Any, ...]:
   """Stacks array fields to (B, ...) float32; other fields (names) become lists."""
   fields = []
   for values in zip(*items):
@@ -116,28 +112,12 @@ def _collate(items: list[tuple[Any, ...]]) -> tuple[Any, ...]:
   return tuple(fields)
 
 
-def _load_or_none(dataset: Dataset, index: int, epoch: int):
+def load_or_none(dataset: Dataset, index: int, epoch: int):
   try:
     return dataset.load(index, epoch)
   except image_io.ImageError as e:
     logger.warning("skipping unreadable image %s: %s", e.path, e.reason)
     return None
-
-
-def _load_chunk(dataset: Dataset, indices: list[int], epoch: int) -> list:
-  return [_load_or_none(dataset, i, epoch) for i in indices]
-
-
-_worker_dataset: Dataset | None = None  # a loader process's copy, sent once by its initializer
-
-
-def _set_worker_dataset(dataset: Dataset) -> None:
-  global _worker_dataset
-  _worker_dataset = dataset
-
-
-def _load_chunk_in_worker(indices: list[int], epoch: int) -> list:
-  return _load_chunk(_worker_dataset, indices, epoch)
 
 
 def iterate_batches(
@@ -153,12 +133,12 @@ def iterate_batches(
   prefetch: int = 2,
   processes: bool = False,
 ) -> Iterator[tuple[Any, ...]]:
-  """Batches of `dataset.load(index, epoch)` items, resumable at any step.
+  """Batches of `dataset.load(index, epoch)` items, resumable at any step (one process's view of
+  `pipeline.batch_dataset`, grain underneath).
 
   Step s is batch s mod B of epoch s // B (B batches per epoch); epoch e visits the items in the
   order `np.random.default_rng([seed, e]).permutation(n)` (or 0..n-1 without `shuffle`), so
   `start_step=s` yields exactly what the s-th and later batches of a fresh iterator would.
-  Items are loaded on a pool of threads, or of processes with `processes`, `prefetch` batches ahead.
   An item whose file cannot be read is logged (the warning names the file) and left out, so that
   batch is smaller.
 
@@ -172,74 +152,28 @@ def iterate_batches(
     drop_remainder: drop each epoch's last partial batch.
     workers: loader threads (or processes).
     prefetch: batches loaded ahead.
-    processes: load in `workers` spawned processes, each sent `dataset` once (it must pickle), and
-      each given a share of every batch. For CPU-heavy loading (degradation on the fly) beside a
-      training loop: loader threads contend for the GIL that the loop's dispatch needs too (a
-      jitted step's dispatch ran 7x slower beside two degrading threads on a 2-core machine:
-      benchmarks/bench_loader.py).
-      Spawned processes re-import the caller's main module, as with any `multiprocessing` spawn:
-      call it from a script file or a notebook, not from `python -` on standard input.
+    processes: load in `workers` grain worker processes (`dataset` must pickle). For CPU-heavy
+      loading (degradation on the fly) beside a training loop: loader threads contend for the GIL
+      that the loop's dispatch needs too (a jitted step's dispatch ran 7x slower beside two
+      degrading threads on a 2-core machine: benchmarks/bench_loader.py).
 
   Yields:
     Tuples of fields: arrays as (B, H, W, 3) float32 in [0, 1], other fields as lists.
   """
-  n = len(dataset)
-  per_epoch = n // batch_size if drop_remainder else math.ceil(n / batch_size)
-  if per_epoch == 0:
-    raise ValueError(f"{n} items make no batch of {batch_size} with drop_remainder")
-  total = None if num_epochs is None else num_epochs * per_epoch
+  from quantface_jax.data import pipeline  # it builds on this module's datasets
 
-  def plans():
-    step, order, order_epoch = start_step, None, None
-    while total is None or step < total:
-      epoch, batch = divmod(step, per_epoch)
-      if epoch != order_epoch:
-        order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-        order_epoch = epoch
-      yield epoch, order[batch * batch_size : (batch + 1) * batch_size]
-      step += 1
-
-  workers = max(1, workers)
-  if processes:
-    pool = concurrent.futures.ProcessPoolExecutor(
-      workers,
-      mp_context=multiprocessing.get_context("spawn"),
-      initializer=_set_worker_dataset,
-      initargs=(dataset,),
-    )
-    load, chunk = _load_chunk_in_worker, max(1, math.ceil(batch_size / workers))
-  else:
-    pool, load, chunk = (
-      concurrent.futures.ThreadPoolExecutor(workers),
-      functools.partial(_load_chunk, dataset),
-      1,
-    )
-  with pool:
-    pending = collections.deque()
-    plan_iter = plans()
-    try:
-      while True:
-        while len(pending) <= prefetch:
-          plan = next(plan_iter, None)
-          if plan is None:
-            break
-          epoch, indices = plan
-          indices = [int(i) for i in indices]
-          pending.append(
-            [
-              pool.submit(load, indices[c : c + chunk], epoch)
-              for c in range(0, len(indices), chunk)
-            ]
-          )
-        if not pending:
-          return
-        items = [item for f in pending.popleft() for item in f.result() if item is not None]
-        if items:
-          yield _collate(items)
-    finally:
-      for futures in pending:
-        for future in futures:
-          future.cancel()
+  ds = pipeline.batch_dataset(
+    dataset,
+    batch_size,
+    shuffle=shuffle,
+    seed=seed,
+    num_epochs=num_epochs,
+    drop_remainder=drop_remainder,
+    workers=workers,
+    processes=processes,
+    prefetch=prefetch,
+  )
+  return pipeline.iterator_from_step(ds, start_step)
 
 
 def make_eval_set(

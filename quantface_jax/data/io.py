@@ -110,7 +110,7 @@ def center_crop_square(img: np.ndarray) -> np.ndarray:
 
 
 def read_image_with_notes(
-  path: os.PathLike | str, size: int | None = None
+  path: os.PathLike | str, size: int | None = None, *, min_side: int = 1
 ) -> tuple[np.ndarray, list[str]]:
   """Reads any common image as float32 (H, W, 3) RGB in [0, 1] and says what was converted.
 
@@ -120,7 +120,8 @@ def read_image_with_notes(
   `size` x `size` with bicubic (antialiased when shrinking).
 
   Raises:
-    ImageError: missing, empty, unreadable or corrupt file (the message names it).
+    ImageError: missing, empty, unreadable or corrupt file, or one smaller than `min_side` pixels on
+      a side (the message names it).
   """
   path = pathlib.Path(path)
   notes: list[str] = []
@@ -140,6 +141,9 @@ def read_image_with_notes(
     raise ImageError(path, f"cannot read image ({type(e).__name__}: {e})") from e
   if array.size == 0:
     raise ImageError(path, "image has no pixels")
+  if min(array.shape[:2]) < min_side:
+    height, width = array.shape[:2]
+    raise ImageError(path, f"{width}x{height} pixels, smaller than {min_side} on a side")
   if size is not None:
     height, width = array.shape[:2]
     if height != width:
@@ -154,6 +158,26 @@ def read_image_with_notes(
 def read_image(path: os.PathLike | str, size: int | None = None) -> np.ndarray:
   """`read_image_with_notes` without the notes: float32 (H, W, 3) in [0, 1]."""
   return read_image_with_notes(path, size)[0]
+
+
+def is_gray(img: np.ndarray) -> bool:
+  """Whether an (H, W, 3) image has no colour: gray files are read with three equal channels."""
+  return bool(np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2]))
+
+
+def is_gray_file(path: os.PathLike | str) -> bool:
+  """Whether the image file stores one gray channel (with or without alpha)."""
+  with Image.open(path) as img:
+    return img.mode in ("1", "L", "LA", "La", "F") + _SIXTEEN_BIT_MODES
+
+
+# ITU-R BT.601 luma, the weights PIL's RGB -> L conversion uses.
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def to_gray(img: np.ndarray) -> np.ndarray:
+  """(H, W, 3) float RGB -> (H, W) luma."""
+  return np.asarray(img, np.float32) @ _LUMA
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:

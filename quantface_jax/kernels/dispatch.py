@@ -10,16 +10,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from quantface_jax.kernels.int_matmul import (
-  GemmBlocks,
-  im2col,
-  int_conv2d_implicit,
-  int_conv2d_xla,
-  int_matmul_mosaic,
-  int_matmul_pallas,
-  int_matmul_xla,
-  pad_codes,
-)
+from quantface_jax.kernels.conv import im2col, int_conv2d_implicit, int_conv2d_xla, pad_codes
+from quantface_jax.kernels.gemm import GemmBlocks, int_matmul_pallas, int_matmul_xla
+from quantface_jax.kernels.mosaic import int_matmul_mosaic
 from quantface_jax.kernels.quantize_act import quantize_act_pallas, quantize_act_xla
 
 # Fastest GPU backends as measured by benchmarks/bench_kernels.py on an H200; "xla" until measured.

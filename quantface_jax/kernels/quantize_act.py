@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from quantface_jax.kernels.int_matmul import triton_params
+from quantface_jax.kernels.gemm import triton_params
 from quantface_jax.kernels.reference import (
   bits_to_qmax,
   quantize_act_ref,

@@ -6,7 +6,7 @@
 
 from quantface_jax.metrics.color import rgb_to_y, to_255
 from quantface_jax.metrics.evaluate import compute_metrics
-from quantface_jax.metrics.fidelity import fidelity_psnr, psnr, ssim
+from quantface_jax.metrics.fidelity import fidelity_psnr, psnr, ssim, traced_ssim
 from quantface_jax.metrics.matlab_resize import imresize
 from quantface_jax.metrics.niqe_metric import PristineModel, niqe, niqe_any_size, pristine_model
 
@@ -22,4 +22,5 @@ __all__ = [
   "rgb_to_y",
   "ssim",
   "to_255",
+  "traced_ssim",
 ]

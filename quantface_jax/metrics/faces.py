@@ -78,3 +78,17 @@ def face_distances(
     "identity_distance": float(np.linalg.norm(img_descriptor - ref_descriptor)),
     "landmark_distance": float(np.linalg.norm(img_points - ref_points, axis=1).mean()),
   }
+
+
+def mean_face_distances(
+  images: np.ndarray, refs: np.ndarray, *, data_range: float | None = None
+) -> dict[str, float]:
+  """Means of :func:`face_distances` over restored faces and their references ((N, H, W, 3)
+  each): ``{"ids": identity distance, "lmd": landmark distance}``, both lower is better."""
+  if len(images) != len(refs):
+    raise ValueError(f"{len(images)} images against {len(refs)} references")
+  rows = [face_distances(a, b, data_range=data_range) for a, b in zip(images, refs)]
+  return {
+    "ids": float(np.mean([r["identity_distance"] for r in rows])),
+    "lmd": float(np.mean([r["landmark_distance"] for r in rows])),
+  }

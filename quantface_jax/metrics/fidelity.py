@@ -1,9 +1,11 @@
-"""Full-reference metrics, basicsr conventions: PSNR and SSIM.
+"""Full-reference metrics, basicsr conventions: PSNR and SSIM (and SSIM as a traced JAX function).
 
 Inputs are (H, W, C) images, uint8 in [0, 255] or float in [0, data_range] (data_range 1 by
 default, the project's convention); both are evaluated in [0, 255].
 """
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage
 
@@ -99,3 +101,30 @@ def ssim(
     (mu1**2 + mu2**2 + _SSIM_C1) * (var1 + var2 + _SSIM_C2)
   )
   return float(ssim_map.mean())
+
+
+def traced_ssim(x: jax.Array, y: jax.Array) -> jax.Array:
+  """`ssim` as a traceable JAX function (jit, vmap, grad): the mean SSIM of (N, H, W, C) float images
+  in [0, 1], over every pixel and channel (the same window, constants and valid region)."""
+  taps = np.exp(-0.5 * ((np.arange(2 * _SSIM_RADIUS + 1) - _SSIM_RADIUS) / _SSIM_SIGMA) ** 2)
+  taps = jnp.asarray(taps / taps.sum(), x.dtype)
+  channels = x.shape[-1]
+  c1, c2 = _SSIM_C1 / 255**2, _SSIM_C2 / 255**2
+
+  def blur(t):
+    for shape in ((2 * _SSIM_RADIUS + 1, 1), (1, 2 * _SSIM_RADIUS + 1)):
+      kernel = jnp.tile(taps.reshape(*shape, 1, 1), (1, 1, 1, channels))
+      t = jax.lax.conv_general_dilated(
+        t,
+        kernel,
+        (1, 1),
+        "VALID",
+        feature_group_count=channels,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      )
+    return t
+
+  mx, my = blur(x), blur(y)
+  vx, vy, cov = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+  num = (2 * mx * my + c1) * (2 * cov + c2)
+  return jnp.mean(num / ((mx**2 + my**2 + c1) * (vx + vy + c2)))

@@ -138,7 +138,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, num_heads: int) -> jax.A
   """Multi-head scaled dot-product attention.
 
   q: (B, Lq, H·D), k and v: (B, Lk, H·D) -> (B, Lq, H·D). On GPU with 16-bit inputs this takes the
-  cuDNN flash path where it applies (4x faster than XLA's at 4096 tokens, DESIGN §6); otherwise XLA's.
+  cuDNN flash path where it applies (4x faster than XLA's at 4096 tokens, docs/design.md §6);
+  otherwise XLA's.
   """
   b, lq, hd = q.shape
   heads = lambda t: t.reshape(t.shape[0], t.shape[1], num_heads, hd // num_heads)

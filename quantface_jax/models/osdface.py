@@ -1,4 +1,4 @@
-"""OSDFace: the one-step restore of DESIGN §1 on Flax NNX modules."""
+"""OSDFace: the one-step restore of docs/design.md §1 on Flax NNX modules."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """OSDFace's visual representation embedder (VRE): a VQGAN LQ encoder, its codebook, 77-token selection.
 
-Module names follow taming-transformers' `Encoder` (``encoder.down.0.block.1.conv1``,
-``encoder.mid.attn_1.q``) so `associate_2.ckpt` keys map by rule; the one rename is taming's
-``nin_shortcut`` -> ``conv_shortcut`` (the resnet is shared with the UNet and VAE).
+Module names follow OSDFace's `MultiHeadEncoder` (taming-transformers' layout:
+``encoder.down.0.block.1.conv1``, ``encoder.mid.attn_1.q``) so `associate_2.ckpt` keys map by rule
+(`quantface_jax.convert.release.VRE_RENAMES`): its ``nin_shortcut`` is our ``conv_shortcut`` (the resnet
+is shared with the UNet and VAE), and its attention block's ``norm1`` is our ``norm``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ from quantface_jax.models.unet import Downsample2D, ResnetBlock2D
 
 
 class AttnBlock(nnx.Module):
-  """taming AttnBlock: GroupNorm, single-head attention with 1x1-conv q/k/v/proj_out, residual."""
+  """OSDFace's `MultiHeadAttnBlock` with one head, as self-attention: GroupNorm, 1x1-conv q/k/v from
+  the normalized input, softmax(q·kᵀ/√C)·v, 1x1-conv proj_out, residual.
+
+  OSDFace's block holds a second GroupNorm (``norm2``) for the queries of a cross-attention input; the
+  VRE only self-attends, so that norm is never read and has no parameter here (conversion lists it).
+  """
 
   def __init__(self, channels: int, *, cfg: VREConfig, rngs: nnx.Rngs):
     self.norm = GroupNorm(cfg.norm_num_groups, channels, eps=cfg.norm_eps)
@@ -156,9 +162,8 @@ class VRE(nnx.Module):
 
   def encode(self, lq: jax.Array) -> jax.Array:
     """Pre-quantization latents (B, P, embed_dim) float32, with the reference's second normalisation."""
-    x = ((lq - 0.5) / 0.5).astype(
-      jnp.float32
-    )  # kept for weight compatibility: lq is already in [-1, 1]
+    # Kept for weight compatibility: lq is already in [-1, 1].
+    x = ((lq - 0.5) / 0.5).astype(jnp.float32)
     z = self.quant_conv(self.encoder(x))
     return z.reshape(z.shape[0], -1, z.shape[-1])
 

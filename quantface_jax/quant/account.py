@@ -1,4 +1,4 @@
-"""Size and BOPs account of a (planned or applied) quantization against FP32 (DESIGN §2.6).
+"""Size and BOPs account of a (planned or applied) quantization against FP32 (docs/design.md §2.6).
 
 Parameter bits: quantized kernels at w_bits; weight scales (and zero points if asymmetric) fp16 per
 scale group; static activation scale + zero point fp32; smoothing scales fp16 per input channel;

@@ -1,15 +1,13 @@
 """One verb: ``quantize(model, recipe, calibration=stats)`` swaps matched layers for quantized ones.
 
-Also the traced-state controls (bit widths, quantization on/off) and the bits-map JSON format
-(``{"format": "quantface-bits-map", "version": 1, "meta": {...}, "layers": {path: [w, a]}}``, the
-layout of DESIGN §2.5's allocation output).
+Also the traced-state controls: bit widths (`set_bits` applies a bits map, see
+`quantface_jax.quant.bits_map`) and quantization on/off.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Iterable, Mapping, Sequence
 
 import jax
@@ -31,9 +29,6 @@ from quantface_jax.quant.layers import (
 )
 from quantface_jax.quant.recipes import Recipe
 from quantface_jax.quant.rules import LayerQuantConfig
-
-BITS_MAP_FORMAT = "quantface-bits-map"
-BITS_MAP_VERSION = 1
 
 
 def quantize(
@@ -288,23 +283,3 @@ def set_quant_enabled(model: nnx.Module, enabled: bool) -> None:
   """Fake quantization on, or off (the balanced full-precision model), for every layer (in place)."""
   for layer in quant_layers(model).values():
     layer.enabled[...] = jnp.asarray(enabled)
-
-
-def bits_map_to_json(bits_map: Mapping[str, tuple[int, int]], meta: Mapping | None = None) -> str:
-  layers = {p: [int(w), int(a)] for p, (w, a) in bits_map.items()}
-  return json.dumps(
-    {
-      "format": BITS_MAP_FORMAT,
-      "version": BITS_MAP_VERSION,
-      "meta": dict(meta or {}),
-      "layers": layers,
-    },
-    indent=1,
-  )
-
-
-def bits_map_from_json(text: str) -> dict[str, tuple[int, int]]:
-  document = json.loads(text)
-  if document.get("format") != BITS_MAP_FORMAT or document.get("version") != BITS_MAP_VERSION:
-    raise ValueError(f"not a {BITS_MAP_FORMAT} v{BITS_MAP_VERSION} document")
-  return {p: (int(w), int(a)) for p, (w, a) in document["layers"].items()}

@@ -2,7 +2,7 @@
 
 Observers are swapped in for the target layers (and swapped back afterwards); one jitted restore
 per batch returns their updated ``ObserverStat`` variables. OSDFace runs at one fixed timestep, so
-static activation ranges measured this way are stable (DESIGN §2.2).
+static activation ranges measured this way are stable (docs/design.md §2.2).
 """
 
 from __future__ import annotations

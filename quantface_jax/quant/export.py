@@ -1,12 +1,17 @@
-"""QDIR: a quantized model on disk, rebuilt by ``load_quantized`` (DESIGN §2.6).
+"""QDIR: a quantized model on disk, rebuilt by ``load_quantized`` (docs/design.md §2.6).
 
 A QDIR is a directory of three files, written atomically (a temporary directory, then renamed):
 
 - ``config.json``: the base model's ``OSDFaceConfig``;
 - ``quant_state.safetensors``: every NNX variable of the quantized model under its dotted path
-  (``unet.conv_in.kernel``), in its own dtype: ``nnx.Param`` (FP weights, residual kernels R,
-  low-rank factors L1/L2, biases), ``QuantState`` (smoothing scales, rotation signs, clip ratios,
-  static ranges, the enable flag) and ``QuantBits`` (int32 widths). Safetensors rather than Orbax:
+  (``unet.conv_in.kernel``), in its own dtype: ``nnx.Param`` (FP weights, low-rank factors L1/L2,
+  biases), ``QuantState`` (smoothing scales, rotation signs, static ranges, the enable flag) and
+  ``QuantBits`` (int32 widths). A quantized layer's residual kernel R is stored as what the model
+  computes with, its weight codes and scales (:func:`weight_codes`): ``<path>.kernel_codes`` in
+  the serving layout (``kernels.pack_weight``: two codes a byte up to 4 bits, int8 up to 8) and
+  ``<path>.kernel_scale`` float32 per output channel, instead of ``kernel`` and ``w_clip``; so
+  the file's size follows the widths. Layers whose weights are not symmetric integer codes
+  (quantization off, asymmetric weights) keep the float kernel. Safetensors rather than Orbax:
   one self-describing file, no sharding is needed at these sizes, and ``checkpoint.py``'s
   ``model.safetensors`` uses the same key convention;
 - ``manifest.json``: format/version, the recipe (name and every setting, so the layer swap can be
@@ -14,7 +19,9 @@ A QDIR is a directory of three files, written atomically (a temporary directory,
   and the size/BOPs account of :func:`quantface_jax.quant.account`.
 
 Loading rebuilds the structure (the base config's abstract model with the recipe's layers
-swapped in), then fills it strictly: a missing, unexpected or mis-shaped key raises, naming it.
+swapped in), decodes the codes into R = codes·scale with clip ratios that reproduce those scales
+(so the loaded layer quantizes R back to the same codes), then fills it strictly: a missing,
+unexpected or mis-shaped key raises, naming it. Version 1 QDIRs (float kernels) still load.
 """
 
 from __future__ import annotations
@@ -31,20 +38,22 @@ import numpy as np
 import safetensors.numpy
 from flax import nnx
 
-from quantface_jax import checkpoint
+from quantface_jax import checkpoint, kernels
 from quantface_jax.fileio import atomic_directory
 from quantface_jax.models.configs import OSDFaceConfig
 from quantface_jax.models.layers import Conv2d
 from quantface_jax.models.osdface import OSDFace, abstract
+from quantface_jax.quant import quantizers
 from quantface_jax.quant import rules as rules_lib
 from quantface_jax.quant.account import account
-from quantface_jax.quant.api import get_bits
+from quantface_jax.quant.api import get_bits, quant_layers
 from quantface_jax.quant.layers import QuantConv2d, QuantLinear
 from quantface_jax.quant.recipes import Recipe, recipe_from_dict, recipe_to_dict
 from quantface_jax.quant.rules import LayerQuantConfig
 
 QDIR_FORMAT = "quantface-qdir"
-QDIR_VERSION = 1
+QDIR_VERSION = 2
+_READABLE_VERSIONS = (1, 2)  # 1: float kernels
 CONFIG_FILE = "config.json"
 STATE_FILE = "quant_state.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -89,6 +98,7 @@ def save_quantized(
   tensors = {
     k: np.asarray(jax.device_get(v)) for k, v in checkpoint.flat_params(model, ...).items()
   }
+  _encode_kernels(model, tensors)
   with atomic_directory(out_dir, overwrite=overwrite) as tmp:
     (tmp / CONFIG_FILE).write_text(model.config.to_json())
     safetensors.numpy.save_file(
@@ -98,8 +108,92 @@ def save_quantized(
   return out_dir
 
 
-def read_manifest(qdir: str | os.PathLike) -> dict:
-  return checkpoint.read_manifest(qdir, fmt=QDIR_FORMAT, version=QDIR_VERSION, name=MANIFEST_FILE)
+def weight_codes(layer: QuantLinear | QuantConv2d) -> tuple[np.ndarray, np.ndarray] | None:
+  """(codes int8 of the kernel's shape, scales float32 of the clip ratios' shape) of the layer's
+  quantized weight, exactly as ``layer.quant_weight`` rounds it; None where the weight is not
+  symmetric integer codes (quantization off, asymmetric weights, a width outside 2..8)."""
+  w_bits = int(layer.w_bits[...])
+  if not (bool(layer.enabled[...]) and layer.config.w_symmetric and 2 <= w_bits <= 8):
+    return None
+  kernel = layer.kernel[...]
+  scale, zero = quantizers.qparams_from_range(
+    *quantizers.range_stats(kernel, **layer.config.weight_quantizer.layout),
+    w_bits,
+    symmetric=True,
+    clip_ratio=layer.w_clip[...],
+  )
+  codes = quantizers.quantize_int(kernel, scale, zero, w_bits, symmetric=True)
+  return np.asarray(codes, np.int8), np.asarray(scale, np.float32)
+
+
+def _encode_kernels(model: OSDFace, tensors: dict[str, np.ndarray]) -> None:
+  """Replaces each quantized layer's ``kernel`` and ``w_clip`` in ``tensors`` by its codes and
+  scales (``<path>.kernel_codes`` / ``.kernel_scale``), in place."""
+  for path, layer in quant_layers(model).items():
+    encoded = weight_codes(layer)
+    if encoded is None:
+      continue
+    codes, scale = encoded
+    del tensors[f"{path}.kernel"], tensors[f"{path}.w_clip"]
+    tensors[f"{path}.kernel_codes"] = np.asarray(
+      kernels.pack_weight(codes.reshape(-1, codes.shape[-1]), int(layer.w_bits[...]))
+    )
+    tensors[f"{path}.kernel_scale"] = scale
+
+
+def _decode_kernels(model: OSDFace, tensors: dict[str, np.ndarray], source: pathlib.Path) -> None:
+  """Inverse of :func:`_encode_kernels` on the skeleton ``model``'s shapes: R = codes·scale and
+  the clip ratios that give the stored scales back (:func:`_exact_clip_ratio`), so quantizing R
+  gives the stored codes back."""
+  layers = quant_layers(model)
+  for key in [k for k in tensors if k.endswith(".kernel_codes")]:
+    path = key.removesuffix(".kernel_codes")
+    scale_key, bits_key = f"{path}.kernel_scale", f"{path}.w_bits"
+    if path not in layers or scale_key not in tensors or bits_key not in tensors:
+      raise ValueError(f"{source}: {key} has no quantized layer with a scale and a width")
+    layer, stored, scale = layers[path], tensors.pop(key), tensors.pop(scale_key)
+    shape, bits = tuple(layer.kernel.shape), int(tensors[bits_key])
+    k, n = math.prod(shape[:-1]), shape[-1]
+    if stored.shape != ((n, -(-k // 2)) if bits <= 4 else (n, k)):
+      raise ValueError(f"{source}: {key} has shape {stored.shape}, not that of W{bits} {shape}")
+    codes = np.asarray(kernels.unpack_weight(jnp.asarray(stored), k)).T.reshape(shape)
+    kernel = np.asarray(quantizers.dequantize(codes, scale, 0.0))
+    layout = layer.config.weight_quantizer.layout
+    absmax = np.asarray(quantizers.reduce_groups(np.abs(kernel), jnp.max, **layout))
+    tensors[f"{path}.kernel"] = kernel
+    tensors[f"{path}.w_clip"] = _exact_clip_ratio(absmax, scale, bits)
+
+
+def _exact_clip_ratio(absmax: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
+  """Clip ratios with which ``quantizers.qparams_from_range`` gives back ``scale`` from a weight
+  of per-group ``absmax``: bit for bit where float32 allows it, else within an ulp (XLA divides by
+  qmax through a reciprocal, whose products miss some float32 values). A quantized network is
+  discontinuous, so an ulp of scale can flip codes downstream. Searched among the float32
+  neighbours of qmax·scale/absmax, checked with ``qparams_from_range`` itself; 1 where absmax is
+  0 (all codes 0: every scale gives 0)."""
+  absmax, scale = absmax.astype(np.float32), np.asarray(scale, np.float32)
+  positive = absmax > 0
+  qmax = 2 ** (bits - 1) - 1
+  guess = (qmax * scale.astype(np.float64) / np.where(positive, absmax, 1.0)).astype(np.float32)
+  candidates, up, down = [guess], guess, guess
+  for _ in range(8):  # the guess, then 1, 2, ... ulps either way
+    up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(0))
+    candidates += [up, down]
+  candidates = np.stack(candidates)
+  rebuilt, _ = quantizers.qparams_from_range(
+    -absmax, absmax, bits, symmetric=True, clip_ratio=candidates
+  )
+  exact = np.asarray(rebuilt) == scale
+  first = np.argmax(exact, axis=0)  # the closest exact candidate (the guess when none is)
+  ratio = np.take_along_axis(candidates, first[None], axis=0)[0]
+  return np.where(positive, ratio, np.float32(1.0)).astype(np.float32)
+
+
+def read_qdir_manifest(qdir: str | os.PathLike) -> dict:
+  manifest = json.loads((pathlib.Path(qdir) / MANIFEST_FILE).read_text())
+  if manifest.get("format") != QDIR_FORMAT or manifest.get("version") not in _READABLE_VERSIONS:
+    raise ValueError(f"{qdir}: not a {QDIR_FORMAT} v{QDIR_VERSION} directory")
+  return manifest
 
 
 def quantized_skeleton(config: OSDFaceConfig, recipe: Recipe) -> OSDFace:
@@ -136,8 +230,9 @@ def load_quantized(qdir: str | os.PathLike) -> OSDFace:
   Raises ValueError naming every missing, unexpected or mis-shaped key (`checkpoint.fill_strict`).
   """
   qdir = pathlib.Path(qdir)
-  manifest = read_manifest(qdir)
+  manifest = read_qdir_manifest(qdir)
   config = OSDFaceConfig.from_dict(json.loads((qdir / CONFIG_FILE).read_text()))
   model = quantized_skeleton(config, recipe_from_dict(manifest["recipe"]))
   tensors = safetensors.numpy.load_file(str(qdir / STATE_FILE))
+  _decode_kernels(model, tensors, qdir / STATE_FILE)
   return checkpoint.fill_strict(model, tensors, qdir / STATE_FILE)

@@ -1,4 +1,4 @@
-"""Randomized Hadamard rotations Q = H·diag(±1)/√n for any channel count d (DESIGN §2.3).
+"""Randomized Hadamard rotations Q = H·diag(±1)/√n for any channel count d (docs/design.md §2.3).
 
 Construction of H (order d = 2^k·m, m odd), in this order of preference:
 

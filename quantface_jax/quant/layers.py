@@ -1,4 +1,5 @@
-"""Fake-quantized Linear and Conv2d with channel balancing and a low-rank branch (DESIGN §2.2–2.4).
+"""Fake-quantized Linear and Conv2d with channel balancing and a low-rank branch (docs/design.md
+§2.2–2.4).
 
     x̂ = x·diag(s)⁻¹·Q                    (online, per token / per pixel over C_in)
     y = Q_a(x̂)·Q_w(R) + x̂·L1·L2 + b      R = Ŵ − L1·L2,  Ŵ = Qᵀ·diag(s)·W

@@ -1,4 +1,5 @@
-"""QD-LoRA layers: a frozen quantized residual plus trainable full-precision branches (DESIGN §2.4).
+"""QD-LoRA layers: a frozen quantized residual plus trainable full-precision branches
+(docs/design.md §2.4).
 
 For a balanced layer (x̂ = x·diag(s)⁻¹·Q, Ŵ = Qᵀ·diag(s)·W, kernel layout (*taps, d_in, d_out)):
 

@@ -1,4 +1,4 @@
-"""Uniform fake quantization with the bit width as traced data (DESIGN §2.2).
+"""Uniform fake quantization with the bit width as traced data (docs/design.md §2.2).
 
 Pure array functions; the quantized layers and the rule table build on them.
 
@@ -75,7 +75,7 @@ class QuantizerConfig:
     return dict(granularity=self.granularity, axis=self.axis, group_size=self.group_size)
 
 
-# Presets of DESIGN §2.2.
+# Presets of docs/design.md §2.2.
 WEIGHT_PER_CHANNEL = QuantizerConfig(granularity="per_channel", axis=-1, clip_search=True)
 ACT_STATIC_PER_TENSOR = QuantizerConfig(symmetric=False, granularity="per_tensor")
 ACT_DYNAMIC_PER_TOKEN = QuantizerConfig(granularity="per_token", dynamic=True)

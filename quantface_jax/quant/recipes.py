@@ -1,4 +1,4 @@
-"""PTQ recipes of DESIGN §2.7 on one machinery: rules + seed + calibration settings.
+"""PTQ recipes of docs/design.md §2.7 on one machinery: rules + seed + calibration settings.
 
 =============  ====================================================================================
 ``rtn``        MinMax round-to-nearest: no balancing, no clip search.
@@ -8,8 +8,8 @@
 ``quantface``  smoothing with α search + randomized Hadamard + rank-16 split, ready for QD-LoRA.
 =============  ====================================================================================
 
-All at W8A8, W6A6, W4A6, W4A4 (or any ``W<w>A<a>``), the DESIGN §2.1 scope (first/last layers at
-W8A8, prompt branch untouched). Activations default to *static per-tensor asymmetric* ranges of the
+All at W8A8, W6A6, W4A6, W4A4 (or any ``W<w>A<a>``), the scope of docs/design.md §2.1 (first/last
+layers at W8A8, prompt branch untouched). Activations default to *static per-tensor asymmetric* ranges of the
 balanced input from calibration (one fixed timestep: stable ranges; the cheapest serving path);
 ``a_mode="dynamic"`` gives per-token symmetric scales. Weights: symmetric per output channel, with
 a per-channel clip-ratio search except in ``rtn``.

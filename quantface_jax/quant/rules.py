@@ -1,4 +1,5 @@
-"""Which layers are quantized, and how: per-layer configs matched by module-path regex (DESIGN §2.1).
+"""Which layers are quantized, and how: per-layer configs matched by module-path regex
+(docs/design.md §2.1).
 
 A module path is the NNX attribute path joined by dots, list indices included, e.g.
 ``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q``. A rule table is an ordered
@@ -81,7 +82,7 @@ class LayerQuantConfig:
 Rule = tuple[str, LayerQuantConfig | None]
 Rules = Sequence[Rule]
 
-# DESIGN §2.1: kept at W8A8 (first/last convs, time embedding, VAE latent 1x1 convs).
+# docs/design.md §2.1: kept at W8A8 (first/last convs, time embedding, VAE latent 1x1 convs).
 KEEP_W8A8 = (
   r"unet\.conv_in",
   r"unet\.conv_out",
@@ -96,8 +97,8 @@ BODY = r"(unet|vae\.(encoder|decoder))\..*"
 
 
 def default_rules(body: LayerQuantConfig) -> tuple[Rule, ...]:
-  """DESIGN §2.1's scope: ``body`` everywhere in the UNet and VAE, W8A8 (no low-rank) for the
-  KEEP_W8A8 layers, the VRE and embedding_change untouched."""
+  """The scope of docs/design.md §2.1: ``body`` everywhere in the UNet and VAE, W8A8 (no low-rank)
+  for the KEEP_W8A8 layers, the VRE and embedding_change untouched."""
   keep = body.replace(w_bits=8, a_bits=8, low_rank=0)
   return (
     tuple((p, None) for p in FULL_PRECISION) + tuple((p, keep) for p in KEEP_W8A8) + ((BODY, body),)

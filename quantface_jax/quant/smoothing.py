@@ -1,4 +1,4 @@
-"""Channel balancing of DESIGN §2.3: per-channel smoothing scales, optional Hadamard rotation.
+"""Channel balancing (docs/design.md §2.3): per-channel smoothing scales, optional Hadamard rotation.
 
 For a layer y = x·W with d input channels: s_j = a_j^α / w_j^(1-α) (a_j = max|x_j| from
 calibration, w_j = max|W_j,:|), Ŵ = Qᵀ·diag(s)·W and x̂ = x·diag(s)⁻¹·Q, so x̂·Ŵ = x·W.

@@ -1,4 +1,4 @@
-"""SERVE_DIR: a quantized model packed for integer serving (DESIGN §2.6).
+"""SERVE_DIR: a quantized model packed for integer serving (docs/design.md §2.6).
 
 ``export(qdir, out_dir)`` turns a QDIR (fake-quant model, float weights) into a SERVE_DIR;
 ``load_served(serve_dir)`` gives back an ``OSDFace`` whose quantized layers are
@@ -17,12 +17,24 @@ work on it unchanged. A SERVE_DIR holds three files, written atomically (``filei
   (path -> [w_bits, a_bits]), the source QDIR's ``recipe``, ``calibration`` and
   ``base_checkpoint``, and ``account``: :func:`packed_account` of the written file.
 
+Packing (``export(..., packing=Packing(...))``, recorded in the manifest): ``half_floats`` stores
+every float32 tensor that float16 holds exactly as float16 (lossless: the FP parts of a model
+converted from float16 weights); ``low_rank_bits=8`` stores each low-rank factor as int8 codes
+with one float32 scale per rank (``<name>`` int8 and ``<name>_scale``), and ``rank_fraction``
+keeps the top ``ceil(fraction · min(K, N))`` singular pairs of each layer's low-rank branch (its
+best approximation at that rank), so the branch's bytes follow the layer's width. Loading decodes
+both back to float32 before the strict fill.
+
+A SERVE_DIR shipped in the package (``quantface_jax/assets/<name>``, e.g. ``mini-w4a4``) is
+found by its name wherever a path is accepted (:func:`served_dir`).
+
 Loading is strict: a missing, unexpected, mis-shaped or mis-typed key raises ValueError naming it,
 as does a manifest layer that is not a matching Linear/Conv2d of the base model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -41,8 +53,8 @@ from quantface_jax.models.layers import Conv2d, Linear
 from quantface_jax.models.osdface import OSDFace, abstract, count_params
 from quantface_jax.quant import rules as rules_lib
 from quantface_jax.quant.api import quant_layers
-from quantface_jax.quant.export import load_quantized
-from quantface_jax.quant.export import read_manifest as read_qdir_manifest
+from quantface_jax.quant.export import load_quantized, read_qdir_manifest
+from quantface_jax.quant.layers import low_rank_split
 from quantface_jax.quant.recipes import Recipe, recipe_from_dict, recipe_to_dict
 from quantface_jax.serve.layers import INT_LAYERS, IntConv2d, IntLayerSpec, IntLinear, int_layer
 
@@ -53,6 +65,87 @@ WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
 # Arrays that make up a layer's stored weight (codes, scales, zero-point column sums).
 _WEIGHT_ARRAYS = ("weight", "w_scale", "w_colsum")
+_LOW_RANK = ("low_rank_down", "low_rank_up")
+_SCALE_SUFFIX = "_scale"
+ASSETS_DIR = pathlib.Path(__file__).resolve().parent.parent / "assets"
+
+
+@dataclasses.dataclass(frozen=True)
+class Packing:
+  """How a SERVE_DIR stores what is not integer codes (module docstring); the default is exact."""
+
+  half_floats: bool = False  # float32 tensors that float16 holds exactly, as float16
+  low_rank_bits: int | None = None  # 8: int8 low-rank factors with per-rank scales
+  rank_fraction: float | None = None  # keep ceil(fraction * min(K, N)) pairs of each branch
+
+  def __post_init__(self):
+    if self.low_rank_bits not in (None, 8):
+      raise ValueError(f"low_rank_bits must be None or 8, got {self.low_rank_bits}")
+    if self.rank_fraction is not None and not 0 < self.rank_fraction <= 1:
+      raise ValueError(f"rank_fraction must be in (0, 1], got {self.rank_fraction}")
+
+
+def served_dir(name_or_path: str | os.PathLike) -> pathlib.Path:
+  """``name_or_path`` as a directory: itself if it exists, else the SERVE_DIR of that name
+  shipped in the package (``quantface_jax/assets/<name>``) if there is one."""
+  path = pathlib.Path(name_or_path)
+  shipped = ASSETS_DIR / str(name_or_path)
+  if not path.exists() and path.name == str(name_or_path) and (shipped / MANIFEST_FILE).is_file():
+    return shipped
+  return path
+
+
+def shipped_models() -> list[str]:
+  """Names of the SERVE_DIRs shipped in the package."""
+  return sorted(
+    p.parent.name for p in ASSETS_DIR.glob(f"*/{MANIFEST_FILE}") if is_serve_dir(p.parent)
+  )
+
+
+def truncate_low_rank(model: OSDFace, rank_fraction: float) -> OSDFace:
+  """``model`` (quantized) with each layer's low-rank branch L1·L2 (taps·d_in × d_out) cut to its
+  best approximation of rank ceil(rank_fraction · min(taps·d_in, d_out)) where that is lower (in
+  place; the factors are rebalanced as U·S^½, S^½·Vᵀ)."""
+  for layer in quant_layers(model).values():
+    if layer.low_rank_down is None:
+      continue
+    down, up = np.asarray(layer.low_rank_down[...]), np.asarray(layer.low_rank_up[...])
+    rank = math.ceil(rank_fraction * min(down.shape[0], up.shape[1]))
+    if rank >= down.shape[1]:
+      continue
+    _, new_down, new_up = low_rank_split(down.astype(np.float64) @ up, rank)
+    layer.low_rank_down = nnx.Param(new_down)
+    layer.low_rank_up = nnx.Param(new_up)
+  return model
+
+
+def _pack_tensors(tensors: dict[str, np.ndarray], packing: Packing) -> None:
+  """Applies ``packing``'s storage to a SERVE_DIR's tensors (in place)."""
+  for key in list(tensors):
+    value = tensors[key]
+    if packing.low_rank_bits and key.rsplit(".", 1)[-1] in _LOW_RANK:
+      axis = 0 if key.endswith("down") else 1  # one scale per rank
+      scale = np.maximum(np.abs(value).max(axis=axis, keepdims=True), 1e-30) / 127.0
+      tensors[key] = np.clip(np.round(value / scale), -127, 127).astype(np.int8)
+      tensors[key + _SCALE_SUFFIX] = scale.astype(np.float32)
+    elif packing.half_floats and value.dtype == np.float32:
+      half = value.astype(np.float16)
+      if np.array_equal(half.astype(np.float32), value):
+        tensors[key] = half
+
+
+def _unpack_tensors(tensors: dict[str, np.ndarray]) -> None:
+  """Inverse of :func:`_pack_tensors`: float16 and int8 low-rank factors back to float32."""
+  for key in list(tensors):
+    if (
+      key.endswith(_SCALE_SUFFIX)
+      and key.removesuffix(_SCALE_SUFFIX).rsplit(".", 1)[-1] in _LOW_RANK
+    ):
+      codes_key = key.removesuffix(_SCALE_SUFFIX)
+      tensors[codes_key] = tensors[codes_key].astype(np.float32) * tensors.pop(key)
+  for key, value in tensors.items():
+    if value.dtype == np.float16:
+      tensors[key] = value.astype(np.float32)
 
 
 def serve_model(model: OSDFace, *, backend: str = "auto", inplace: bool = False) -> OSDFace:
@@ -77,13 +170,16 @@ def save_served(
   calibration_info: Mapping | None = None,
   source: str | None = None,
   overwrite: bool = True,
+  packing: Packing = Packing(),
 ) -> pathlib.Path:
-  """Writes the SERVE_DIR of a serving ``model`` (from :func:`serve_model`); returns it."""
+  """Writes the SERVE_DIR of a serving ``model`` (from :func:`serve_model`), its float parts
+  stored as ``packing`` says; returns it."""
   out_dir = pathlib.Path(out_dir).absolute()
   layers = _int_layers(model)
   tensors = {
     k: np.asarray(jax.device_get(v)) for k, v in checkpoint.flat_params(model, ...).items()
   }
+  _pack_tensors(tensors, packing)
   manifest = dict(
     format=SERVE_FORMAT,
     version=SERVE_VERSION,
@@ -93,6 +189,7 @@ def save_served(
     calibration=dict(calibration_info or {}),
     base_checkpoint=str(base_ckpt),
     source=source,
+    packing=dataclasses.asdict(packing),
   )
   with atomic_directory(out_dir, overwrite=overwrite) as tmp:
     (tmp / CONFIG_FILE).write_text(model.config.to_json())
@@ -105,11 +202,19 @@ def save_served(
 
 
 def export(
-  qdir: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = True
+  qdir: str | os.PathLike,
+  out_dir: str | os.PathLike,
+  *,
+  overwrite: bool = True,
+  packing: Packing = Packing(),
 ) -> pathlib.Path:
-  """The SERVE_DIR of a QDIR (``quantface quantize`` / ``train`` output), written to ``out_dir``."""
+  """The SERVE_DIR of a QDIR (``quantface quantize`` / ``train`` output), written to ``out_dir``
+  and stored as ``packing`` says (its ``rank_fraction`` cuts the branches before serving)."""
   manifest = read_qdir_manifest(qdir)
-  model = serve_model(load_quantized(qdir), inplace=True)
+  quantized = load_quantized(qdir)
+  if packing.rank_fraction is not None:
+    truncate_low_rank(quantized, packing.rank_fraction)
+  model = serve_model(quantized, inplace=True)
   return save_served(
     model,
     out_dir,
@@ -118,18 +223,20 @@ def export(
     calibration_info=manifest["calibration"],
     source=str(pathlib.Path(qdir).absolute()),
     overwrite=overwrite,
+    packing=packing,
   )
 
 
 def is_serve_dir(path: str | os.PathLike) -> bool:
-  """Whether ``path`` holds a SERVE_DIR manifest (as opposed to a QDIR's, or none)."""
-  manifest = pathlib.Path(path) / MANIFEST_FILE
+  """Whether ``path`` (or a shipped model's name) holds a SERVE_DIR manifest (as opposed to a
+  QDIR's, or none)."""
+  manifest = served_dir(path) / MANIFEST_FILE
   return manifest.is_file() and json.loads(manifest.read_text()).get("format") == SERVE_FORMAT
 
 
-def read_manifest(serve_dir: str | os.PathLike) -> dict:
-  return checkpoint.read_manifest(
-    serve_dir, fmt=SERVE_FORMAT, version=SERVE_VERSION, name=MANIFEST_FILE
+def read_serve_manifest(serve_dir: str | os.PathLike) -> dict:
+  return checkpoint.read_checked_manifest(
+    served_dir(serve_dir), fmt=SERVE_FORMAT, version=SERVE_VERSION, name=MANIFEST_FILE
   )
 
 
@@ -165,12 +272,13 @@ def load_served(serve_dir: str | os.PathLike, *, backend: str = "auto") -> OSDFa
 
   Raises ValueError naming every missing, unexpected, mis-shaped or mis-typed key.
   """
-  serve_dir = pathlib.Path(serve_dir)
-  manifest = read_manifest(serve_dir)
+  serve_dir = served_dir(serve_dir)
+  manifest = read_serve_manifest(serve_dir)
   config = OSDFaceConfig.from_dict(json.loads((serve_dir / CONFIG_FILE).read_text()))
   model = _skeleton(config, manifest["layers"], backend, serve_dir / MANIFEST_FILE)
   weights = serve_dir / WEIGHTS_FILE
   tensors = safetensors.numpy.load_file(str(weights))
+  _unpack_tensors(tensors)
   return checkpoint.fill_strict(model, tensors, weights, check_dtypes=True)
 
 
@@ -207,6 +315,6 @@ def packed_account(serve_dir: str | os.PathLike) -> dict:
   ``weights_by_bits`` (w_bits -> layers, packed_bytes = stored codes + per-channel scales +
   zero-point column sums, bf16_bytes = 2 per FP kernel element, ratio), ``file_bytes`` (every
   tensor), ``bf16_model_bytes`` (the base model's parameters at 2 bytes) and their ratio."""
-  serve_dir = pathlib.Path(serve_dir)
+  serve_dir = served_dir(serve_dir)
   config = OSDFaceConfig.from_dict(json.loads((serve_dir / CONFIG_FILE).read_text()))
-  return _account(serve_dir / WEIGHTS_FILE, read_manifest(serve_dir)["layers"], config)
+  return _account(serve_dir / WEIGHTS_FILE, read_serve_manifest(serve_dir)["layers"], config)

@@ -1,4 +1,4 @@
-"""Integer serving layers: a QDIR's quantized Linear/Conv2d on int8 MMA (DESIGN §2.6).
+"""Integer serving layers: a QDIR's quantized Linear/Conv2d on int8 MMA (docs/design.md §2.6).
 
 For an input x (..., C_in) and the layer's packed weight codes W_q (see :class:`IntLinear`):
 
@@ -31,9 +31,10 @@ import numpy as np
 from flax import nnx
 
 from quantface_jax import kernels
-from quantface_jax.kernels.int_matmul import im2col
+from quantface_jax.kernels.conv import im2col
 from quantface_jax.models.layers import conv2d
 from quantface_jax.quant import hadamard, quantizers
+from quantface_jax.quant.export import weight_codes
 from quantface_jax.quant.layers import QuantConv2d, QuantLinear, _QuantLayer
 from quantface_jax.quant.qdlora import QDLORA_LAYERS, merge_branches
 
@@ -281,14 +282,7 @@ def int_layer(
   if not config.w_symmetric:
     raise ValueError(f"{path}: integer serving needs symmetric weights (no weight zero point)")
   kernel = layer.kernel[...]
-  w_quantizer = config.weight_quantizer
-  w_scale, w_zero = quantizers.qparams_from_range(
-    *quantizers.range_stats(kernel, **w_quantizer.layout),
-    w_bits,
-    symmetric=True,
-    clip_ratio=layer.w_clip[...],
-  )
-  codes = np.asarray(quantizers.quantize_int(kernel, w_scale, w_zero, w_bits, symmetric=True))
+  codes, w_scale = weight_codes(layer)
   codes_kn = codes.reshape(-1, kernel.shape[-1])
   conv = isinstance(layer, QuantConv2d)
   spec = IntLayerSpec(

@@ -1,4 +1,5 @@
-"""QD-LoRA distillation (DESIGN §2.4): a quantized student learns its branches from the FP teacher.
+"""QD-LoRA distillation (docs/design.md §2.4): a quantized student learns its branches from the FP
+teacher.
 
 Pipeline of `train_qdlora(config, workdir)`:
 
@@ -28,17 +29,17 @@ import numpy as np
 from flax import nnx
 
 from quantface_jax import checkpoint
-from quantface_jax.data import datasets as data_lib
+from quantface_jax.data.calibration import as_batches, calibration_faces
 from quantface_jax.models.layers import set_remat
 from quantface_jax.models.osdface import OSDFace, RestoreOutput
 from quantface_jax.models.vre import VQEncoder
 from quantface_jax.quant import qdlora
-from quantface_jax.quant.api import quantize
-from quantface_jax.quant.calibrate import calibrate
+from quantface_jax.quant.api import quantize, set_bits
+from quantface_jax.quant.bits_map import load_bits_map
 from quantface_jax.quant.export import load_quantized, save_quantized
 from quantface_jax.quant.recipes import CalibrationSettings, Recipe, get_recipe
 from quantface_jax.train import fp_stages, losses
-from quantface_jax.train.mesh import maybe_initialize_distributed
+from quantface_jax.train.mesh import is_main_process, maybe_initialize_distributed
 from quantface_jax.train.trainer import FitResult, Stage, fit
 
 log = logging.getLogger("quantface")
@@ -129,20 +130,18 @@ def export_recipe(recipe: Recipe, qcfg: ml_collections.ConfigDict) -> Recipe:
 
 
 def calibration_batches(config: ml_collections.ConfigDict) -> list[np.ndarray]:
-  """LQ faces (epoch-0 degradations) of the first calibration.num_images training files,
-  (B, R, R, 3) in [-1, 1]."""
+  """LQ faces (the training degradations, epoch 0) of the first calibration.num_images training
+  files, (B, R, R, 3) in [-1, 1]."""
   settings = config.quant.calibration
-  start = config.data.train_range[0]
-  dataset = fp_stages.pair_dataset(config, range(start, start + settings.num_images))
-  batches = data_lib.iterate_batches(
-    dataset,
-    settings.batch_size,
-    shuffle=False,
-    num_epochs=1,
-    drop_remainder=False,
-    workers=config.data.workers,
+  faces = calibration_faces(
+    config.model_resolution,
+    hq_dir=config.data.root,
+    count=settings.num_images,
+    start=config.data.train_range[0],
+    seeds=config.data.degradation_seed,
+    degradation=fp_stages.degradation_config(config.data.degradation),
   )
-  return [lq * 2.0 - 1.0 for lq, _ in batches]
+  return as_batches(faces, settings.batch_size)
 
 
 def prepare_quantized(teacher: OSDFace, config: ml_collections.ConfigDict, qdir: str) -> OSDFace:
@@ -160,25 +159,18 @@ def prepare_quantized(teacher: OSDFace, config: ml_collections.ConfigDict, qdir:
     config.quant.calibration.num_images,
   )
   images = calibration_batches(config)
-  settings = recipe.calibration
-  stats = calibrate(
-    teacher,
-    images,
-    rules=recipe.rules,
-    max_samples=settings.max_samples,
-    seed=settings.seed,
-    progress=config.train.progress,
-  )
-  quantized = quantize(
-    teacher, recipe, calibration=stats, images=images if settings.range_pass else None
-  )
-  save_quantized(
-    quantized,
-    recipe,
-    qdir,
-    base_ckpt=str(config.model),
-    calibration_info=dict(num_images=settings.num_images),
-  )
+  quantized = quantize(teacher, recipe, calibration=images, progress=config.train.progress)
+  bits_map = config.quant.get("bits_map", "")  # mixed precision: a `quantface allocate` file
+  if bits_map:
+    set_bits(quantized, load_bits_map(bits_map)[0])
+  if is_main_process():  # every process quantized the same; one writes
+    save_quantized(
+      quantized,
+      recipe,
+      qdir,
+      base_ckpt=str(config.model),
+      calibration_info=dict(num_images=sum(map(len, images)), bits_map=bits_map or None),
+    )
   log.info("PTQ start: %s in %.0f s", qdir, time.perf_counter() - start)
   return quantized
 
@@ -190,10 +182,9 @@ def trainer_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   return merged
 
 
-def train_qdlora(config: ml_collections.ConfigDict, workdir: str) -> tuple[OSDFace, FitResult]:
-  """Quantize, convert, distil, merge; returns the merged quantized model (also written as the
-  QDIR ``workdir/model``) and the `FitResult`. A rerun resumes from ``workdir``."""
-  maybe_initialize_distributed()
+def distillation_stage(config: ml_collections.ConfigDict, workdir: str) -> Stage:
+  """The stage `train_qdlora` fits: the teacher, its PTQ model (made, or reused from
+  ``workdir/quantized``), the QD-LoRA student, and the training and validation input."""
   teacher = checkpoint.load(config.model)
   quantized = prepare_quantized(teacher, config, os.path.join(workdir, "quantized"))
   q = config.qdlora
@@ -216,14 +207,21 @@ def train_qdlora(config: ml_collections.ConfigDict, workdir: str) -> tuple[OSDFa
     workers=config.data.workers,
     processes=processes,
   )
-  stage = distill_stage(student, teacher, config, stream, fp_stages.val_batches(config))
-  result = fit(stage, trainer_config(config), workdir)
+  return distill_stage(student, teacher, config, stream, fp_stages.val_batches(config))
+
+
+def train_qdlora(config: ml_collections.ConfigDict, workdir: str) -> tuple[OSDFace, FitResult]:
+  """Quantize, convert, distil, merge; returns the merged quantized model (also written as the
+  QDIR ``workdir/model``, by process 0) and the `FitResult`. A rerun resumes from ``workdir``."""
+  maybe_initialize_distributed()
+  result = fit(distillation_stage(config, workdir), trainer_config(config), workdir)
   merged = qdlora.merge_qdlora(result.module.student)
-  save_quantized(
-    merged,
-    export_recipe(quant_recipe(config), q),
-    os.path.join(workdir, "model"),
-    base_ckpt=str(config.model),
-    calibration_info=dict(qdlora=q.to_dict(), **result.val_metrics),
-  )
+  if is_main_process():
+    save_quantized(
+      merged,
+      export_recipe(quant_recipe(config), config.qdlora),
+      os.path.join(workdir, "model"),
+      base_ckpt=str(config.model),
+      calibration_info=dict(qdlora=config.qdlora.to_dict(), **result.val_metrics),
+    )
   return merged, result

@@ -1,4 +1,4 @@
-"""Full-precision training of a small OSDFace from scratch, in three stages (DESIGN §4, `mini`).
+"""Full-precision training of a small OSDFace from scratch, in stages (`mini`, docs/design.md §4).
 
 - ``vae``:  the autoencoder reconstructs HQ faces: L1 + Sobel L1 + a small KL on the posterior.
 - ``vre``:  VRE encoder + quant_conv + codebook as a VQ autoencoder: LQ in, HQ out through a small
@@ -17,6 +17,7 @@ Images in batches are (B, R, R, 3) in [-1, 1] under keys ``lq`` and ``hq``.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import multiprocessing
 import threading
 from collections.abc import Callable
@@ -29,12 +30,13 @@ from flax import nnx
 
 from quantface_jax.data import datasets as data_lib
 from quantface_jax.data import io as image_io
+from quantface_jax.data import pipeline
 from quantface_jax.data.degrade import DegradationConfig
 from quantface_jax.models.layers import Conv2d, GroupNorm, silu
 from quantface_jax.models.osdface import OSDFace
 from quantface_jax.models.unet import ResnetBlock2D, Upsample2D
 from quantface_jax.models.vre import VRE
-from quantface_jax.train import losses
+from quantface_jax.train import losses, trainer
 from quantface_jax.train.trainer import Stage
 
 STAGES = ("vae", "vre", "unet", "joint")
@@ -143,7 +145,8 @@ def _to_model_range(fields: tuple[np.ndarray, ...], keys: tuple[str, ...]) -> di
 def training_pairs(config: ml_collections.ConfigDict, train: data_lib.HQFolderDataset):
   """(pairs, processes): the (lq, hq) training pairs, precomputed for `data.lq_epochs` degradation
   epochs (`DegradedCache`, served from memory by threads) or, with 0, degraded on the fly by loader
-  processes (threads degrading beside the training loop would slow its dispatch: `iterate_batches`)."""
+  processes (threads degrading beside the training loop would slow its dispatch, and so would the
+  loop's own thread: benchmarks/bench_loader.py)."""
   if config.data.lq_epochs:
     return DegradedCache(train, epochs=config.data.lq_epochs, workers=config.data.workers), False
   return train, True
@@ -158,40 +161,37 @@ def batch_stream(
   workers: int,
   processes: bool = False,
 ) -> Callable[[int], object]:
-  """start_step -> iterator of {key: (B, R, R, 3) in [-1, 1]} for this process (a 1/process_count share);
-  `processes`: load in worker processes (see `iterate_batches`)."""
-  local = batch_size // jax.process_count()
-
-  def from_step(start_step: int):
-    it = data_lib.iterate_batches(
-      dataset,
-      local,
-      seed=seed * 1009 + jax.process_index(),
-      start_step=start_step,
-      workers=workers,
-      prefetch=4,
-      processes=processes,
-    )
-    return (_to_model_range(fields, keys) for fields in it)
-
-  return from_step
+  """start_step -> grain iterator of {key: (b, R, R, 3) in [-1, 1]}: this process's rows of each
+  global batch of `batch_size` (`pipeline.batch_dataset`), loaded by `workers` grain worker
+  processes with `processes`, else by as many threads."""
+  ds = pipeline.batch_dataset(
+    dataset,
+    batch_size,
+    seed=seed,
+    workers=workers,
+    processes=processes,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    transform=functools.partial(_to_model_range, keys=keys),
+  )
+  return functools.partial(pipeline.iterator_from_step, ds)
 
 
 def val_batches(config: ml_collections.ConfigDict) -> list[dict[str, np.ndarray]]:
-  """The fixed validation set (epoch-0 degradations), in batches, in memory."""
+  """The fixed validation set (epoch-0 degradations), in batches, in memory (all of it in every
+  process)."""
   start = config.data.val_start
   dataset = pair_dataset(config, range(start, start + config.data.num_val))
-  return [
-    _to_model_range(fields, ("lq", "hq"))
-    for fields in data_lib.iterate_batches(
-      dataset,
-      config.data.val_batch_size,
-      shuffle=False,
-      drop_remainder=False,
-      num_epochs=1,
-      workers=config.data.workers,
-    )
-  ]
+  ds = pipeline.batch_dataset(
+    dataset,
+    config.data.val_batch_size,
+    shuffle=False,
+    drop_remainder=False,
+    num_epochs=1,
+    workers=config.data.workers,
+    transform=functools.partial(_to_model_range, keys=("lq", "hq")),
+  )
+  return list(ds)
 
 
 # --------------------------------------------------------------------------------------------- stages
@@ -313,13 +313,15 @@ def code_pull(z: jax.Array, codebook: jax.Array) -> jax.Array:
   return jnp.mean(jnp.min(d, axis=1)) / z.shape[-1]
 
 
-def vre_stage(model: OSDFace, config, train_stream, val) -> Stage:
+def vre_stage(model: OSDFace, config, train_stream, val, *, init_codes: bool = True) -> Stage:
+  """`init_codes`: start the codebook from encoder outputs of the first batch (a compiled pass)."""
   scfg = config.stage.vre
   w, dtype = scfg.weights, _dtype(config)
   module = VQAutoencoder(
     model.vre, decoder_widths=tuple(scfg.decoder_widths), rngs=nnx.Rngs(config.seed + 1)
   )
-  init_codebook(model.vre, next(train_stream(0))["lq"], config.seed)
+  if init_codes:
+    init_codebook(model.vre, next(train_stream(0))["lq"], config.seed)
 
   def loss_fn(module: VQAutoencoder, batch, rng):
     del rng
@@ -405,3 +407,22 @@ def stage_config(config: ml_collections.ConfigDict, name: str) -> ml_collections
   merged.update(config.stage[name].to_dict())
   merged.seed = config.seed
   return merged
+
+
+def describe_stages(model: OSDFace, config: ml_collections.ConfigDict) -> str:
+  """`trainer.describe_stage` of every stage in config.stages, from `model`, with nothing compiled
+  (the VRE codebook keeps its initial codes; pairs are degraded on the fly)."""
+  train = train_dataset(config)
+  stages = []
+  for name in config.stages:
+    scfg = stage_config(config, name)
+    dataset, keys = (HQOnly(train), ("hq",)) if name == "vae" else (train, ("lq", "hq"))
+    stream = batch_stream(dataset, keys, scfg.batch_size, seed=0, workers=config.data.workers)
+    if name == "vre":
+      stage = vre_stage(model, config, stream, [], init_codes=False)
+    elif name == "vae":
+      stage = vae_stage(model, config, stream, [])
+    else:
+      stage = unet_stage(model, config, stream, [], name=name)
+    stages.append(trainer.describe_stage(stage, scfg))
+  return "\n".join(stages)

@@ -18,25 +18,50 @@ BATCH_AXES = ("data", "fsdp")
 # Arrays smaller than this stay replicated under FSDP: splitting them saves nothing and costs collectives.
 MIN_FSDP_SIZE = 2**14
 
-_MULTIHOST_ENV = (
-  "JAX_COORDINATOR_ADDRESS",
-  "SLURM_JOB_ID",
-  "TPU_WORKER_HOSTNAMES",
-  "MEGASCALE_COORDINATOR_ADDRESS",
-)
+# Variables of launchers whose processes `jax.distributed.initialize()` finds by itself.
+_CLUSTER_ENV = ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+# How long a process waits for the others to start, and for a silent peer before failing the run.
+DEFAULT_TIMEOUT_S = 300
 
 
 def maybe_initialize_distributed() -> bool:
-  """Calls `jax.distributed.initialize()` when a multi-host launcher's variables are set.
+  """Calls `jax.distributed.initialize` when the environment describes a multi-process run.
 
-  Returns whether it did; a no-op (False) on a single host or when already initialised.
+  Reads JAX_COORDINATOR_ADDRESS (host:port of process 0's coordinator), JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID (all three set: an explicit launch, e.g. on one machine), else lets JAX detect a
+  cluster (Slurm, Cloud TPU). QUANTFACE_DISTRIBUTED_TIMEOUT_S (default 300) bounds the wait for the
+  other processes at start and for a dead peer's heartbeat later. On CPU, collectives go through
+  gloo. Returns whether it initialised; a no-op (False) on one process or when already initialised.
   """
-  if not any(os.environ.get(k) for k in _MULTIHOST_ENV):
+  explicit = os.environ.get("JAX_COORDINATOR_ADDRESS") and os.environ.get("JAX_NUM_PROCESSES")
+  if not explicit and not any(os.environ.get(k) for k in _CLUSTER_ENV):
     return False
   if jax.distributed.is_initialized():
     return False
-  jax.distributed.initialize()
+  # CPU devices of different processes talk through gloo (GPU and TPU backends ignore it).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  timeout = int(os.environ.get("QUANTFACE_DISTRIBUTED_TIMEOUT_S", DEFAULT_TIMEOUT_S))
+  kwargs = {}
+  if explicit:
+    try:
+      kwargs = dict(
+        num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+        process_id=int(os.environ["JAX_PROCESS_ID"]),
+      )
+    except (KeyError, ValueError) as e:
+      raise ValueError(
+        f"JAX_NUM_PROCESSES={os.environ.get('JAX_NUM_PROCESSES')!r} needs an integer "
+        f"JAX_PROCESS_ID (got {os.environ.get('JAX_PROCESS_ID')!r})"
+      ) from e
+  jax.distributed.initialize(
+    initialization_timeout=timeout, heartbeat_timeout_seconds=max(timeout // 10, 10), **kwargs
+  )
   return True
+
+
+def is_main_process() -> bool:
+  """Process 0: the one that writes logs, metrics and the final model."""
+  return jax.process_index() == 0
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:

@@ -13,6 +13,7 @@ restored at step k replays steps k, k+1, ... exactly as the uninterrupted run di
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import queue
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.struct
+import grain
 import jax
 import jax.extend
 import jax.numpy as jnp
@@ -32,8 +34,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
+from quantface_jax import profiling
 from quantface_jax.train import mesh as mesh_lib
-from quantface_jax.train import profiling
 from quantface_jax.train.logging import MetricsWriter
 
 log = logging.getLogger("quantface")
@@ -63,9 +65,9 @@ class Stage:
   trainable: Any  # nnx filter selecting the parameters that train (intersected with nnx.Param)
   loss_fn: LossFn  # (module, batch, rng) -> (scalar loss, scalar metrics)
   eval_fn: EvalFn | None  # (module, batch) -> per-example (B,) metrics, averaged over `val_batches`
-  train_batches: Callable[
-    [int], Iterator[Batch]
-  ]  # start_step -> this process's batches from that step on
+  # start_step -> this process's batches from that step on; an iterator with get_state/set_state
+  # (grain's) also has its state checkpointed beside the model's and restored from there.
+  train_batches: Callable[[int], Iterator[Batch]]
   val_batches: Sequence[Batch] = ()  # the fixed validation set, in batches
 
 
@@ -184,15 +186,22 @@ class TrainProgram:
   step: Any  # jax.jit of (state, frozen, batch) -> (state, metrics); donates `state`
 
   def abstract_args(self, batch: Batch) -> tuple:
-    """(state, frozen, batch) as sharded ShapeDtypeStructs: what `step.trace` takes without data."""
+    """(state, frozen, global batch) as sharded ShapeDtypeStructs: what `step.trace` takes without
+    data. `batch` is this process's share (`to_global` stacks every process's along axis 0)."""
+    rows = jax.process_count()
     return (
-      abstract(self.state, self.state_sharding),
-      abstract(self.frozen, self.frozen_sharding),
-      {k: abstract(v, self.batch_sharding) for k, v in batch.items()},
+      sharded_abstract(self.state, self.state_sharding),
+      sharded_abstract(self.frozen, self.frozen_sharding),
+      {
+        k: jax.ShapeDtypeStruct(
+          (rows * np.shape(v)[0], *np.shape(v)[1:]), v.dtype, sharding=self.batch_sharding
+        )
+        for k, v in batch.items()
+      },
     )
 
 
-def abstract(tree, shardings):
+def sharded_abstract(tree, shardings):
   """`tree`'s leaves as ShapeDtypeStructs placed by `shardings` (a matching tree, or one sharding for a leaf)."""
   return jax.tree.map(
     lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings
@@ -232,6 +241,58 @@ def _count_equations(jaxpr) -> int:
     1 + sum(_count_equations(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params))
     for eqn in jaxpr.eqns
   )
+
+
+def describe_program(program: TrainProgram, batch: Batch, *, top: int = 8) -> str:
+  """What `program` will run, before anything compiles: processes and mesh, the global, per-process
+  and per-device batch (`batch` is this process's), and the `top` largest arrays of the state and
+  the frozen part with their sharding and size per device."""
+  mesh = program.batch_sharding.mesh
+  devices = mesh.devices.size
+  rows = next(iter(batch.values())).shape[0]
+  lines = [
+    f"processes: {jax.process_count()} (this one: {jax.process_index()}), devices: {devices} "
+    f"({jax.local_device_count()} local, {jax.devices()[0].platform})",
+    "mesh: " + " x ".join(f"{name}={size}" for name, size in mesh.shape.items()),
+    f"batch: {rows * jax.process_count()} global = {rows} per process = "
+    f"{rows * jax.process_count() / devices:g} per device; "
+    + ", ".join(f"{k} {tuple(np.shape(v)[1:])} {np.asarray(v).dtype}" for k, v in batch.items()),
+  ]
+  leaves = []
+  for part, tree, shardings in (
+    ("state", program.state, program.state_sharding),
+    ("frozen", program.frozen, program.frozen_sharding),
+  ):
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    for (path, x), sharding in zip(flat, jax.tree.leaves(shardings)):
+      itemsize = np.dtype(x.dtype).itemsize
+      size = itemsize * int(np.prod(np.shape(x)))
+      per_device = itemsize * int(np.prod(sharding.shard_shape(np.shape(x))))
+      leaves.append((size, per_device, part + jax.tree_util.keystr(path), x, sharding.spec))
+  total = sum(per_device for _, per_device, *_ in leaves)
+  lines.append(
+    f"state + frozen: {len(leaves)} arrays, {total / 2**20:.1f} MiB per device; largest:"
+  )
+  for size, per_device, name, x, spec in sorted(leaves, key=lambda r: -r[0])[:top]:
+    lines.append(
+      f"  {name} {tuple(np.shape(x))} {np.dtype(x.dtype).name} {spec} "
+      f"{size / 2**20:.2f} MiB, {per_device / 2**20:.2f} MiB per device"
+    )
+  return "\n".join(lines)
+
+
+def describe_stage(stage: Stage, config: ml_collections.ConfigDict) -> str:
+  """`describe_program` of the step `fit(stage, config, ...)` would run, on its first batch."""
+  program = build_train_program(
+    stage, config, mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
+  )
+  batches = stage.train_batches(0)
+  try:
+    batch = next(batches)
+  finally:
+    if hasattr(batches, "close"):  # a generator or grain's worker processes
+      batches.close()
+  return f"stage {stage.name}:\n" + describe_program(program, batch)
 
 
 def compile_train_step(program: TrainProgram, batch: Batch, *, compile: bool = True):
@@ -310,12 +371,46 @@ def _mean_metrics(per_batch: list[dict[str, jax.Array]]) -> dict[str, float]:
   }
 
 
-def evaluate(eval_step, params, frozen, batches: Sequence[Batch], sharding) -> dict[str, float]:
+def validate(eval_step, params, frozen, batches: Sequence[Batch], sharding) -> dict[str, float]:
   """Means of the per-example metrics over the validation set, keys prefixed with ``val_``."""
   if not batches:
     return {}
   per_batch = [eval_step(params, frozen, to_global(b, sharding)) for b in batches]
   return {f"val_{k}": v for k, v in _mean_metrics(per_batch).items()}
+
+
+class _DataState:
+  """A data iterator's state as of the last batch the loop took (the iterator runs ahead in the
+  prefetch thread), in the form grain's Orbax handler saves."""
+
+  def __init__(self, state: dict):
+    self.state = state
+
+  def get_state(self) -> bytes:
+    return json.dumps(self.state).encode()
+
+
+def _data_state_file(manager: ocp.CheckpointManager, step: int) -> str:
+  """Where grain's handler keeps this process's iterator state in checkpoint `step`."""
+  name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+  return os.path.join(str(manager.directory), str(step), "data", name)
+
+
+def _train_batches(stage: Stage, manager: ocp.CheckpointManager, start: int):
+  """(iterator of (batch, iterator state after it or None), the iterator) from step `start`.
+
+  A stateful (grain) iterator resumes from the state saved beside checkpoint `start` when this
+  process layout wrote one; otherwise (a fresh run, another process count) it is positioned by step.
+  """
+  it = stage.train_batches(start)
+  if not hasattr(it, "get_state"):
+    return ((batch, None) for batch in it), it
+  saved = _data_state_file(manager, start)
+  if start and os.path.exists(saved):
+    manager.restore(start, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(it)))
+  elif start:
+    log.info("%s: no data-iterator state at %s; resuming the input by step", stage.name, saved)
+  return ((batch, it.get_state()) for batch in it), it
 
 
 def _checkpoint_manager(directory: str, cfg) -> ocp.CheckpointManager:
@@ -358,19 +453,21 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
   calibrate_points = {calibrate_at, max(calibrate_at, config.get("warmup_steps", 0))}
 
   manager = _checkpoint_manager(os.path.join(workdir, stage.name, "checkpoints"), config)
-  writer = MetricsWriter(workdir, stage.name)
+  main_process = mesh_lib.is_main_process()
+  writer = MetricsWriter(workdir, stage.name) if main_process else None
   profiler = profiling.StepProfiler(
     config.get("profile_steps", None), os.path.join(workdir, stage.name, "profile")
   )
-  batches = None
+  batches = source = None
   try:
     latest = manager.latest_step()
     if latest is not None:
-      target = abstract(state, state_sh)
+      target = sharded_abstract(state, state_sh)
       state = manager.restore(
         latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
       )["state"]
-      writer.truncate_after(latest)
+      if writer is not None:
+        writer.truncate_after(latest)
     else:
       state = jax.device_put(state, state_sh)
     frozen = jax.device_put(frozen, frozen_sh)
@@ -395,14 +492,15 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
       desc=stage.name,
       unit="step",
       dynamic_ncols=True,
-      disable=not config.get("progress", True) or jax.process_index() != 0,
+      disable=not config.get("progress", True) or not main_process,
     )
-    batches = prefetch(stage.train_batches(start), config.get("prefetch", 2))
-    done, t_first, data_wait = start, None, 0.0
+    batch_states, source = _train_batches(stage, manager, start)
+    batches = prefetch(batch_states, config.get("prefetch", 2))
+    done, t_first, data_wait, data_state = start, None, 0.0, None
     train_step, compile_profile = None, {}
     while done < total:
       t_wait = time.perf_counter()
-      batch = next(batches)
+      batch, data_state = next(batches)
       if done > start:  # waits after the first step fall in the timed window (from t_first)
         data_wait += time.perf_counter() - t_wait
       if train_step is None:  # compiled ahead of time, so the log can say where the time went
@@ -473,21 +571,29 @@ def fit(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> FitRes
       if eval_step is not None and (
         (config.eval_every and done % config.eval_every == 0) or done == total
       ):
-        val_metrics = evaluate(eval_step, state.params, frozen, stage.val_batches, batch_sh)
+        val_metrics = validate(eval_step, state.params, frozen, stage.val_batches, batch_sh)
         scalars.update(val_metrics)
-      if scalars and jax.process_index() == 0:
+      if scalars and writer is not None:
         writer.write(done, scalars)
       if done % config.checkpoint_every == 0 or done == total:
-        manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+        items = {"state": ocp.args.StandardSave(state)}
+        if data_state is not None:
+          items["data"] = grain.checkpoint.CheckpointSave(_DataState(data_state))
+        manager.save(done, args=ocp.args.Composite(**items))
     bar.close()
     seconds = time.perf_counter() - t0
   finally:
     profiler.close()
     if batches is not None:
       batches.close()
+    if hasattr(source, "close"):  # grain's worker processes
+      source.close()
     manager.wait_until_finished()
     manager.close()
-    writer.close()
+    if writer is not None:
+      writer.close()
+  if jax.process_count() > 1:  # every process gets whole arrays, e.g. to save the model from
+    state = state.replace(params=jax.jit(lambda p: p, out_shardings=repl)(state.params))
   nnx.update(stage.module, state.params)
   return FitResult(
     module=stage.module,

@@ -1,14 +1,12 @@
 """`allocate` end to end on the tiny model, and its CLI entry."""
 
-import argparse
-import json
-
-import numpy as np
 import pytest
+from conftest import write_random_faces
 
-from quantface_jax.alloc import add_allocate_parser, allocate, load_bits_map
-from quantface_jax.data import io as image_io
-from quantface_jax.quant import bits_map_from_json, get_bits, quant_layers, set_bits
+from quantface_jax import cli
+from quantface_jax.alloc import allocate
+from quantface_jax.quant import get_bits, quant_layers, set_bits
+from quantface_jax.quant.bits_map import load_bits_map
 
 SETTINGS = dict(
   recipe="rtn", widths=(3, 4, 6), calib_count=2, sweep_count=2, chunk_size=4, progress=False
@@ -17,18 +15,14 @@ SETTINGS = dict(
 
 @pytest.fixture(scope="module")
 def calib_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("faces")
-  rng = np.random.default_rng(0)
-  for i in range(2):
-    image_io.write_image(root / f"{i}.png", rng.uniform(0, 1, (32, 32, 3)).astype(np.float32))
-  return root
+  return write_random_faces(tmp_path_factory.mktemp("faces"), count=2, size=32)
 
 
 def test_allocate_writes_a_bits_map_within_budget(tiny_model, calib_dir, tmp_path):
   out = tmp_path / "bits.json"
-  result = allocate(tiny_model, calib_dir, budget=3.5, lam=1.0, out=out, **SETTINGS)
+  result = allocate(tiny_model, calib_dir, budget=3.5, perceptual_weight=1.0, out=out, **SETTINGS)
   bits_map, meta = load_bits_map(out)
-  assert bits_map == bits_map_from_json(out.read_text()) == result.bits_map
+  assert bits_map == result.bits_map
   assert sorted(bits_map) == sorted(quant_layers(result.model))
   assert meta["mean_width"] <= 3.5 + 1e-9 and meta["budget"] == 3.5
   assert meta["perceptual_weight"] == 1.0 and meta["allocated_layers"] == len(result.table.paths)
@@ -49,9 +43,7 @@ def test_infeasible_budget_fails_before_the_sweep(tiny_model, calib_dir, tmp_pat
   assert not (tmp_path / "bits.json").exists()
   assert not (tmp_path / "bits.json.sweep").exists()
 
-  parser = argparse.ArgumentParser()
-  add_allocate_parser(parser.add_subparsers(dest="command"))
-  args = parser.parse_args(
+  args = cli.build_parser().parse_args(
     [
       "allocate",
       "--ckpt",
@@ -60,6 +52,8 @@ def test_infeasible_budget_fails_before_the_sweep(tiny_model, calib_dir, tmp_pat
       str(calib_dir),
       "--budget",
       "2",
+      "--lambda",
+      "0.5",
       "--objective",
       "bits",
       "--recipe",
@@ -70,6 +64,6 @@ def test_infeasible_budget_fails_before_the_sweep(tiny_model, calib_dir, tmp_pat
       str(tmp_path / "cli.json"),
     ]
   )
-  assert args.lam == 1.0 and json.loads(json.dumps(vars(args), default=str))
+  assert args.perceptual_weight == 0.5
   with pytest.raises(SystemExit, match="quantface allocate: budget 2 .* infeasible"):
     args.func(args)

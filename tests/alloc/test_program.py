@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from quantface_jax import alloc
+from quantface_jax.quant.bits_map import load_bits_map, save_bits_map
 
 WIDTHS = (3, 4, 5, 6)
 
@@ -157,8 +158,8 @@ def test_bits_map_json_round_trip(tmp_path):
   allocation = alloc.solve_with_highspy(problem)
   bits_map = alloc.allocation_to_bits_map(allocation, [f"layer{i}" for i in range(5)])
   path = tmp_path / "bits.json"
-  alloc.save_bits_map(path, bits_map, alloc.allocation_meta(problem, allocation))
-  loaded, meta = alloc.load_bits_map(path)
+  save_bits_map(path, bits_map, alloc.allocation_meta(problem, allocation))
+  loaded, meta = load_bits_map(path)
   assert loaded == bits_map
   assert meta["mean_width"] == allocation.mean_width and meta["bops"] == allocation.bops
   assert meta["budget"] == 0.6 and meta["perceptual_weight"] == problem.perceptual_weight
@@ -167,17 +168,23 @@ def test_bits_map_json_round_trip(tmp_path):
 
 def test_load_bits_map_names_bad_key(tmp_path):
   path = tmp_path / "bits.json"
-  alloc.save_bits_map(path, {"a": (4, 4)}, dict.fromkeys(alloc.program._REQUIRED_META_KEYS))
+  save_bits_map(path, {"a": (4, 4)})
   document = json.loads(path.read_text())
   document["layers"]["unet.up.0.conv"] = [4, 9]
   path.write_text(json.dumps(document))
-  with pytest.raises(ValueError, match=r"a_bits of 'unet.up.0.conv'.*2..8"):
-    alloc.load_bits_map(path)
+  with pytest.raises(ValueError, match=r"bits.json: a_bits of 'unet.up.0.conv'.*2..8"):
+    load_bits_map(path)
+  path.write_text("{not json")
+  with pytest.raises(ValueError, match="bits.json: not JSON"):
+    load_bits_map(path)
 
 
-def test_save_bits_map_requires_meta(tmp_path):
-  with pytest.raises(ValueError, match="meta lacks"):
-    alloc.save_bits_map(tmp_path / "bits.json", {"a": (4, 4)}, {"budget": 4.0})
+def test_save_bits_map_refuses_bad_widths(tmp_path):
+  with pytest.raises(ValueError, match=r"w_bits of 'a' must be an int"):
+    save_bits_map(tmp_path / "bits.json", {"a": (4.5, 4)})
+  with pytest.raises(ValueError, match=r"entry 'b' must be \(w_bits, a_bits\)"):
+    save_bits_map(tmp_path / "bits.json", {"b": (4,)})
+  assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(

@@ -86,9 +86,3 @@ def test_resume_after_interruption(setup, full, tmp_path):
   assert sensitivity.restore_bit_maps._cache_size() == compiled  # No recompilation.
   with pytest.raises(ValueError, match="another model, batch or settings"):
     _sweep(setup, fixed_bits=4, cache_dir=tmp_path)
-
-
-def test_ssim():
-  x = np.random.default_rng(0).uniform(0, 1, (2, 16, 16, 3)).astype(np.float32)
-  assert float(sensitivity.ssim(x, x)) == pytest.approx(1.0, abs=1e-6)
-  assert float(sensitivity.ssim(x, 1 - x)) < 0.5

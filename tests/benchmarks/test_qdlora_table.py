@@ -1,12 +1,8 @@
-"""benchmarks/qdlora_table.py: the QD-LoRA table from an eval, checked against the PTQ table's model."""
-
-import sys
-from pathlib import Path
+"""benchmarks.qdlora_table: the QD-LoRA table from an eval, checked against the PTQ table's model."""
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import qdlora_table  # noqa: E402  pylint: disable=wrong-import-position
+from benchmarks import qdlora_table
 
 EVAL = [
   dict(variant="input", psnr=22.3, ssim=0.6, niqe=17.0),

@@ -131,6 +131,11 @@ def test_release_converts_saves_and_loads_like_torch(release, converted):
   assert "associate_2.ckpt:vqvae_LQ.decoder.conv_in.weight" in skipped
   assert "associate_2.ckpt:vqvae_LQ.post_quant_conv.weight" in skipped
   assert "associate_2.ckpt:vqvae_LQ.quantize.embedding.weight" in report.loaded
+  # OSDFace's attention blocks: norm1 is loaded, norm2 (never read in self-attention) is reported.
+  assert "associate_2.ckpt:vqvae_LQ.encoder.mid.attn_1.norm1.weight" in report.loaded
+  norm2 = [k for k in skipped if ".attn" in k and ".norm2." in k and "vqvae_LQ.encoder" in k]
+  assert len(norm2) == 2 * (1 + TINY.vre.num_res_blocks * len(TINY.vre.attn_resolutions))
+  assert all("self-attention uses norm1" in skipped[k] for k in norm2)
   assert report.counts["loaded"] == len(_params(model)) + report.counts["merged"] * 2
   assert (
     json.loads((root / "ckpt" / "conversion_report.json").read_text())["counts"] == report.counts
@@ -149,6 +154,8 @@ def test_release_converts_saves_and_loads_like_torch(release, converted):
   image, tokens = jax.jit(lambda x: (model.restore(x).image, model.vre(x)))(lq)
   np.testing.assert_array_equal(np.asarray(tokens), want_tokens.numpy())
   assert rel_err(numpy_nchw(image), want) <= 1e-4
+  levels = lambda x: np.round(np.clip(np.asarray(x, np.float64), 0, 1) * 255)
+  assert np.abs(levels(numpy_nchw(image)) - levels(want)).max() <= 1  # within 8-bit rounding
 
 
 def test_bin_release_with_lora_alpha_argument(release, converted, tmp_path):
@@ -273,3 +280,28 @@ def test_legacy_vae_attention_names_are_read():
   }
   assert "encoder.mid_block.attentions.0.proj_attn.weight" in legacy
   load_torch_state_dict(abstract(TINY).vae, _modernize_vae_keys(legacy))
+
+
+def test_convert_command_prints_a_short_summary(release, tmp_path, monkeypatch, capsys):
+  import functools
+
+  from quantface_jax import cli, convert
+
+  models, _, lora = release
+  sd, osd = write_release(tmp_path, TINY, models, lora, lora_metadata=LORA_METADATA)
+  # The command converts at the release's 512 px; the tiny release needs its own size and groups.
+  monkeypatch.setattr(convert, "convert_release", functools.partial(convert_release, **CONVERT))
+  out = tmp_path / "ckpt"
+  assert cli.main(["convert", "--sd", str(sd), "--osdface", str(osd), "--out", str(out)]) == 0
+  printed = capsys.readouterr().out
+  full = json.loads((out / "conversion_report.json").read_text())
+  assert len(printed) < 2000 < len(json.dumps(full))
+  lines = printed.splitlines()
+  counts = {line.split(":")[0]: line for line in lines if not line.startswith(" ")}
+  assert f"{full['counts']['merged']} LoRA-merged" in counts["pytorch_lora_weights.safetensors"]
+  norm2 = sum(1 for s in full["skipped"] if s["reason"].startswith("MultiHeadAttnBlock.norm2"))
+  assert norm2 == 4  # tiny: one attention block at 16 px and the middle one, weight and bias each
+  assert any(
+    line.strip().startswith(f"skipped {norm2}: MultiHeadAttnBlock.norm2") for line in lines
+  )
+  assert lines[-1].startswith(f"wrote {out}")

@@ -102,6 +102,35 @@ def test_missing_file_raises(tmp_path):
     image_io.read_image(tmp_path / "nope.png")
 
 
+def test_too_small_images_are_refused_by_name(tmp_path):
+  Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(tmp_path / "tiny.png")
+  with pytest.raises(image_io.ImageError, match=r"tiny.png: 40x20 pixels, smaller than 32"):
+    image_io.read_image_with_notes(tmp_path / "tiny.png", size=64, min_side=32)
+  assert image_io.read_image(tmp_path / "tiny.png").shape == (20, 40, 3)  # no minimum by default
+
+
+def test_gray_detection_and_luma(tmp_path):
+  Image.fromarray(np.full((4, 4), 7, np.uint8)).save(tmp_path / "l.png")
+  Image.fromarray(np.full((4, 4, 3), 7, np.uint8)).save(tmp_path / "rgb.png")
+  assert image_io.is_gray_file(tmp_path / "l.png") and not image_io.is_gray_file(
+    tmp_path / "rgb.png"
+  )
+  assert image_io.is_gray(image_io.read_image(tmp_path / "rgb.png"))
+  assert not image_io.is_gray(_gradient())
+  np.testing.assert_allclose(image_io.to_gray(np.ones((2, 2, 3))), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(image_io.to_gray(np.eye(3)[None]), [[0.299, 0.587, 0.114]], rtol=1e-6)
+
+
+def test_atomic_directory_files_are_world_readable(tmp_path):
+  from quantface_jax.fileio import atomic_directory
+
+  with atomic_directory(tmp_path / "out", overwrite=False) as tmp:
+    os.close(os.open(tmp / "private", os.O_CREAT | os.O_WRONLY, 0o600))  # as safetensors writes
+    (tmp / "sub").mkdir(mode=0o700)
+  assert (tmp_path / "out" / "private").stat().st_mode & 0o777 == 0o644
+  assert (tmp_path / "out" / "sub").stat().st_mode & 0o777 == 0o755
+
+
 def test_list_images_natural_order_and_filters(tmp_path):
   for name in ["10.jpg", "2.PNG", "1.webp", "notes.txt", ".hidden.png", "b.tiff"]:
     (tmp_path / name).write_bytes(b"x")

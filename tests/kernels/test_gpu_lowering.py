@@ -1,6 +1,6 @@
 """The GPU kernels lower for CUDA on a CPU-only machine (``lowering_platforms=("cuda",)``): a
-primitive without a Pallas Triton or Mosaic GPU lowering rule fails here, not on the lent GPU.
-Session 7's H200 run of bench_kernels.py found ``quantize_act`` failing this way (``round``)."""
+primitive without a Pallas Triton or Mosaic GPU lowering rule fails here, not on a GPU.
+``quantize_act`` once failed this way on an H200 (``round`` had no Triton lowering)."""
 
 import jax
 import jax.numpy as jnp
@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 
 from quantface_jax.kernels import pack_weight
-from quantface_jax.kernels.int_matmul import (
-  int_conv2d_implicit,
-  int_matmul_mosaic,
-  int_matmul_pallas,
-)
+from quantface_jax.kernels.conv import int_conv2d_implicit
+from quantface_jax.kernels.gemm import int_matmul_pallas
+from quantface_jax.kernels.mosaic import int_matmul_mosaic
 from quantface_jax.kernels.quantize_act import quantize_act_pallas
 
 

@@ -139,8 +139,8 @@ def test_group_norm_prologue_is_the_models_group_norm_then_silu():
 @pytest.mark.parametrize("kernel", ["pallas", "reference"])
 def test_rotation_dots_ask_for_full_f32_precision(kernel):
   """A GPU runs an f32 dot at its default precision in TF32 (10 mantissa bits; Triton's default
-  too), which moves rotated values by ~1e-3 and flips codes (session 10's H200 run: the Pallas
-  quantizer a code off by one against the reference). The CPU computes f32 either way, so this
+  too), which moves rotated values by ~1e-3 and flips codes (on an H200 the Pallas quantizer put
+  a code off by one against the reference). The CPU computes f32 either way, so this
   reads the traced program: every rotation dot asks for HIGHEST, as the fake-quant layers'
   Hadamard transform does."""
   rotation = jnp.stack([jnp.eye(64)] * 2)

@@ -29,3 +29,14 @@ def test_same_face_is_zero_and_other_face_is_far():
   assert same == {"identity_distance": 0.0, "landmark_distance": 0.0}
   other = faces.face_distances(a, b)
   assert other["identity_distance"] > 0.5 and other["landmark_distance"] > 1.0
+
+
+def test_means_over_a_set():
+  a, b = _face("0.jpg"), _face("1.jpg")
+  means = faces.mean_face_distances(np.stack([a, a]), np.stack([a, b]))
+  other = faces.face_distances(a, b)
+  assert means == pytest.approx(
+    {"ids": other["identity_distance"] / 2, "lmd": other["landmark_distance"] / 2}
+  )
+  with pytest.raises(ValueError, match="2 images against 1 references"):
+    faces.mean_face_distances(np.stack([a, a]), np.stack([a]))

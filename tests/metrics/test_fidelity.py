@@ -72,3 +72,11 @@ def test_compute_metrics(pair):
   assert result["niqe_upsample"] == 1 and np.isfinite(result["niqe"])
   small = metrics.compute_metrics(out[None, :40, :40], niqe_min_side=192)
   assert set(small) == {"niqe", "niqe_upsample"} and small["niqe_upsample"] == 5
+
+
+def test_traced_ssim_equals_ssim(pair):
+  out, ref = pair
+  per_image = metrics.fidelity.ssim(out, ref)
+  traced = float(metrics.fidelity.traced_ssim(out[None], ref[None]))
+  assert traced == pytest.approx(per_image, abs=1e-4)
+  assert float(metrics.fidelity.traced_ssim(ref[None], ref[None])) == pytest.approx(1.0, abs=1e-6)

@@ -1,4 +1,4 @@
-"""Our batched VRE against the PyTorch reference run one image at a time (DESIGN §1 token rule)."""
+"""Our batched VRE against an OSDFace-structured PyTorch VRE run one image at a time (its token rule)."""
 
 import dataclasses
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from flax import nnx
 from reference.models import load_vre, numpy_nchw, randomize_, rel_err
-from reference.vre import VRE as ReferenceVRE
+from reference.vre import LQEmbedder
 
 from quantface_jax.models import TINY, VRE
 
@@ -18,10 +18,10 @@ CFG = dataclasses.replace(TINY.vre, n_embed=256)  # 256 codes: enough for 77 uni
 def _pair(codebook):
   """(reference, ours) sharing random encoder weights and ``codebook(latents (N, D))``."""
   torch.manual_seed(0)
-  ref = randomize_(ReferenceVRE(CFG), seed=3)
+  ref = randomize_(LQEmbedder(CFG), seed=3)
   with torch.no_grad():
     latents = ref.latents(torch.from_numpy(numpy_nchw(_images(seed=1)))).reshape(-1, CFG.embed_dim)
-    ref.quantize.embedding.weight.copy_(codebook(latents))
+    ref.encoder.quantize.embedding.weight.copy_(codebook(latents))
   ours = nnx.eval_shape(lambda: VRE(CFG, rngs=nnx.Rngs(0)))
   load_vre(ours, ref)
   return ref, ours
@@ -65,3 +65,37 @@ def test_tokens_identical_to_reference_loop(codebook, many):
     filled
   )  # the case is exercised
   np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_attention_normalizes_with_norm1_and_never_reads_norm2():
+  ref, ours = _pair(_spread)
+  lq = torch.from_numpy(numpy_nchw(_images()))
+  attn = ref.encoder.encoder.mid.attn_1
+  with torch.no_grad():
+    before = ref.latents(lq)
+    attn.norm2.weight.mul_(3.0)
+    attn.norm2.bias.add_(1.0)
+    assert torch.equal(ref.latents(lq), before)  # norm2 is dead in self-attention
+    attn.norm1.bias.add_(0.5)
+    after = ref.latents(lq)
+  assert rel_err(after, before) > 1e-3  # norm1 is live
+  load_vre(ours, ref)
+  got = jax.jit(ours.encode)(_images())
+  assert rel_err(got, after) <= 1e-4
+
+
+def test_osdface_size_release_keys_map_one_to_one():
+  """At OSDFace's own VRE size, every key of the LQ encoder maps to ours (shapes too), except the
+  attention blocks' norm2, which the release converter reports as unused."""
+  from quantface_jax.convert.release import VRE_PREFIX, VRE_RENAMES, vre_unused_reason
+  from quantface_jax.convert.torch_to_nnx import key_mismatch, torch_shapes
+  from quantface_jax.models.configs import VREConfig
+
+  cfg = VREConfig()
+  theirs = {VRE_PREFIX + k: tuple(v.shape) for k, v in LQEmbedder(cfg).encoder.state_dict().items()}
+  unused = [k for k in theirs if vre_unused_reason(k)]
+  assert len(unused) == 6 and all(".norm2." in k for k in unused)  # 3 blocks, weight + bias
+  ours = torch_shapes(
+    nnx.eval_shape(lambda: VRE(cfg, rngs=nnx.Rngs(0))), prefix=VRE_PREFIX, renames=VRE_RENAMES
+  )
+  assert key_mismatch(ours, {k: s for k, s in theirs.items() if k not in unused}) == []

@@ -10,12 +10,12 @@ from quantface_jax.quant import (
   QuantConv2d,
   QuantLinear,
   api,
-  bits_map_from_json,
-  bits_map_to_json,
   calibrate,
   get_bits,
   get_recipe,
+  load_bits_map,
   quant_layers,
+  save_bits_map,
   set_bits,
   set_quant_enabled,
 )
@@ -102,11 +102,12 @@ def test_balanced_model_equals_original_and_bits_never_recompile(setup):
   assert errors[8] < 0.3 < errors[4], errors
 
 
-def test_bits_map_json_round_trip(setup):
+def test_bits_map_json_round_trip(setup, tmp_path):
   qmodel, _, _ = setup
   bits = get_bits(qmodel)
   bits["unet.conv_out"] = (3, 5)
-  assert bits_map_from_json(bits_map_to_json(bits, meta={"budget": 4})) == bits
+  save_bits_map(tmp_path / "bits.json", bits, meta={"budget": 4})
+  assert load_bits_map(tmp_path / "bits.json") == (bits, {"budget": 4})
   with pytest.raises(KeyError):
     set_bits(qmodel, {"vre.encoder.conv_in": (4, 4)})
 

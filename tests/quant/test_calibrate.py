@@ -40,7 +40,8 @@ def test_stats_are_exact_and_round_trip(tmp_path):
 
 
 def test_calibrate_ranges_measures_the_balanced_input_exactly():
-  from quantface_jax.quant import LayerQuantConfig, Recipe, calibrate_ranges, quantize
+  from quantface_jax.quant import LayerQuantConfig, Recipe, quantize
+  from quantface_jax.quant.api import calibrate_ranges
 
   rng = np.random.default_rng(1)
   images = [rng.uniform(-1, 1, (2, 6, 6, 3)).astype(np.float32) for _ in range(2)]

@@ -10,7 +10,12 @@ from PIL import Image
 from quantface_jax import cli
 from quantface_jax.inference import make_restore_fn
 from quantface_jax.quant import calibrate, get_bits, get_recipe, quantize, set_bits
-from quantface_jax.quant.export import STATE_FILE, load_quantized, read_manifest, save_quantized
+from quantface_jax.quant.export import (
+  STATE_FILE,
+  load_quantized,
+  read_qdir_manifest,
+  save_quantized,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +38,7 @@ def test_round_trip_gives_identical_outputs(quantized, tmp_path):
   np.testing.assert_array_equal(
     np.asarray(make_restore_fn(loaded)(lq)), np.asarray(make_restore_fn(qmodel)(lq))
   )
-  manifest = read_manifest(qdir)
+  manifest = read_qdir_manifest(qdir)
   assert manifest["recipe"]["name"] == "quantface-W4A4" and manifest["base_checkpoint"] == "tiny"
   assert manifest["bits"]["unet.conv_out"] == [6, 5]
   assert 0 < manifest["account"]["param_reduction_vs_fp32"] < 100
@@ -59,7 +64,7 @@ def test_load_is_strict(quantized, tmp_path):
 
 
 def test_cli_quantize_then_restore(tmp_path, capsys):
-  from quantface_jax.alloc.program import save_bits_map
+  from quantface_jax.quant.bits_map import save_bits_map
 
   calib, out, qdir = tmp_path / "calib", tmp_path / "out", tmp_path / "qdir"
   calib.mkdir()

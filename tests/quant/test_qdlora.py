@@ -17,7 +17,7 @@ from quantface_jax.quant.rules import LayerQuantConfig
 sys.path.insert(
   0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train")
 )
-import test_distill  # noqa: E402  (the session's quantized tiny model)
+import test_distill  # noqa: E402  (the test run's quantized tiny model)
 
 FULL = LayerQuantConfig(w_bits=4, a_bits=4, smooth=True, alpha=0.5, rotate=True, low_rank=4)
 BRANCHES = {"svd_down", "svd_up", "lora_down", "lora_up"}

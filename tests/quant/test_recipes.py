@@ -4,7 +4,8 @@ import pytest
 from flax import nnx
 
 from quantface_jax.models.layers import Linear
-from quantface_jax.quant import RECIPES, account, account_table, get_recipe, match, parse_bits
+from quantface_jax.quant import RECIPES, account, account_table, get_recipe, parse_bits
+from quantface_jax.quant.rules import match
 
 
 @pytest.mark.parametrize("name", RECIPES)

@@ -1,6 +1,8 @@
-"""Tiny PyTorch twins of our configs (diffusers UNet/VAE, the reference VRE and embedding_change), their
-weights moved into our models, and a fake OSDFace release on disk in the real layout and key names."""
+"""Tiny PyTorch twins of our configs (diffusers UNet/VAE, the OSDFace-structured VRE and
+embedding_change), their weights moved into our models, and a fake OSDFace release on disk in the real
+layout and key names."""
 
+import argparse
 import copy
 import functools
 import json
@@ -14,10 +16,10 @@ from flax import nnx
 from safetensors.torch import save_file
 
 from quantface_jax.convert import load_torch_state_dict
-from quantface_jax.convert.release import VRE_PREFIX, VRE_RENAMES
+from quantface_jax.convert.release import VRE_PREFIX, VRE_RENAMES, vre_unused_reason
 from quantface_jax.models import abstract
 from reference.osdface import EmbeddingChange
-from reference.vre import VRE
+from reference.vre import LightningVQ, LQEmbedder
 
 
 def unet_diffusers_config(c):
@@ -76,7 +78,7 @@ def torch_models(cfg, seed=0):
   models = dict(
     unet=UNet2DConditionModel(**unet_diffusers_config(cfg.unet)),
     vae=AutoencoderKL(**vae_diffusers_config(cfg.vae)),
-    vre=VRE(cfg.vre),
+    vre=LQEmbedder(cfg.vre),
     embedding_change=EmbeddingChange(
       cfg.vre.embed_dim, cfg.embedding_hidden, cfg.unet.cross_attention_dim
     ),
@@ -98,13 +100,14 @@ def random_ours(cfg, seed=0):
 
 
 def load_vre(ours, ref):
-  """Our VRE (in place) from the reference VRE, keyed as in associate_2.ckpt."""
-  return load_torch_state_dict(
-    ours,
-    {VRE_PREFIX + k: v for k, v in ref.state_dict().items()},
-    prefix=VRE_PREFIX,
-    renames=VRE_RENAMES,
-  )
+  """Our VRE (in place) from the reference `LQEmbedder`, keyed as in associate_2.ckpt; the attention
+  blocks' unused ``norm2`` is left out (the release converter accounts for it)."""
+  state = {
+    VRE_PREFIX + k: v
+    for k, v in ref.encoder.state_dict().items()
+    if vre_unused_reason(VRE_PREFIX + k) is None
+  }
+  return load_torch_state_dict(ours, state, prefix=VRE_PREFIX, renames=VRE_RENAMES)
 
 
 def ours_from_torch(cfg, models):
@@ -166,19 +169,13 @@ def write_release(root, cfg, models, lora, *, weights="safetensors", lora_metada
   )
   osd.mkdir()
   save_file(lora, str(osd / "pytorch_lora_weights.safetensors"), metadata=lora_metadata)
-  vre_state = {VRE_PREFIX + k: v for k, v in models["vre"].state_dict().items()}
-  gen = torch.Generator().manual_seed(1)
-  extra = {
-    "vqvae_LQ.decoder.conv_in.weight": (8, cfg.vre.embed_dim, 3, 3),
-    "vqvae_LQ.post_quant_conv.weight": (cfg.vre.embed_dim, cfg.vre.embed_dim, 1, 1),
-    "vqvae_HQ.encoder.conv_in.weight": (8, 3, 3, 3),
-    "vqvae_HQ.quantize.embedding.weight": (16, cfg.vre.embed_dim),
-  }
-  vre_state.update({k: torch.randn(s, generator=gen) for k, s in extra.items()})
+  vre_state = LightningVQ.from_lq_embedder(cfg.vre, models["vre"]).state_dict()
   torch.save(
     {
       "state_dict": vre_state,
-      "hyper_parameters": HyperParameters(lr=1e-4, name="osdface"),
+      "hyper_parameters": HyperParameters(
+        lr=1e-4, args=argparse.Namespace(use_pos_embedding=False, cat_prompt_embedding=False)
+      ),
       "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(3)}}}],
       "epoch": 2,
     },

@@ -1,4 +1,6 @@
-"""The OSDFace one-step pipeline in PyTorch, from DESIGN §1 (diffusers UNet/VAE + the reference VRE)."""
+"""OSDFace's one-step pipeline in PyTorch (its ``OSDFace_test.forward``; docs/design.md §1):
+diffusers UNet/VAE, the OSDFace-structured VRE of `reference.vre`, embedding_change. One departure:
+the VAE latent is the distribution's mean where OSDFace draws a sample, so outputs are comparable."""
 
 import torch
 from torch import nn

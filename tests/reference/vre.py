@@ -1,8 +1,11 @@
-"""A PyTorch VRE written from DESIGN §1: taming-transformers' `Encoder`, `quant_conv`, the codebook, and
-the reference's per-image token rule (batch 1 in a python loop). Test-only code.
+"""A PyTorch VRE with the structure of OSDFace's release (``lq_embed``): `MultiHeadEncoder` with
+`MultiHeadAttnBlock` (two GroupNorms, ``norm1`` used, ``norm2`` unused in self-attention),
+``quant_conv``, the codebook, and the per-image token rule. Test-only code, written to the published
+structure: the class and key names and the order of operations are OSDFace's, so a state dict of
+these modules has the keys of ``associate_2.ckpt``.
 
-Key names are those of `associate_2.ckpt` under `vqvae_LQ.`: ``encoder.*``, ``quant_conv.*``,
-``quantize.embedding.weight``.
+Keys under ``vqvae_LQ.``: ``encoder.*``, ``quant_conv.*``, ``quantize.embedding.weight``; the full
+checkpoint also holds the LQ ``decoder.*``, ``post_quant_conv.*`` and the HQ branch (`LightningVQ`).
 """
 
 import torch
@@ -19,6 +22,8 @@ def _swish(x):
 
 
 class ResnetBlock(nn.Module):
+  """taming's resnet without a time embedding (OSDFace builds it with temb_channels=0)."""
+
   def __init__(self, cin, cout, groups):
     super().__init__()
     self.norm1 = _norm(cin, groups)
@@ -34,20 +39,28 @@ class ResnetBlock(nn.Module):
     return (self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x) + h
 
 
-class AttnBlock(nn.Module):
-  def __init__(self, c, groups):
+class MultiHeadAttnBlock(nn.Module):
+  """OSDFace's attention block: ``norm1`` normalizes x; with a second input y (the decoder's
+  cross-attention) ``norm2`` normalizes y, which gives the queries. Self-attention (y=None) takes
+  q, k and v from norm1(x), so ``norm2`` is a checkpoint entry that the VRE never reads."""
+
+  def __init__(self, c, groups, head_size=1):
     super().__init__()
-    self.norm = _norm(c, groups)
+    self.head_size, self.att_size = head_size, c // head_size
+    self.norm1 = _norm(c, groups)
+    self.norm2 = _norm(c, groups)
     self.q, self.k, self.v, self.proj_out = (nn.Conv2d(c, c, 1) for _ in range(4))
 
-  def forward(self, x):
-    h = self.norm(x)
-    q, k, v = self.q(h), self.k(h), self.v(h)
+  def forward(self, x, y=None):
+    h = self.norm1(x)
+    y = h if y is None else self.norm2(y)
+    q, k, v = self.q(y), self.k(h), self.v(h)
     b, c, hh, ww = q.shape
-    q = q.reshape(b, c, hh * ww).permute(0, 2, 1)
-    w_ = torch.softmax(torch.bmm(q, k.reshape(b, c, hh * ww)) * c**-0.5, dim=2)
-    h = torch.bmm(v.reshape(b, c, hh * ww), w_.permute(0, 2, 1)).reshape(b, c, hh, ww)
-    return x + self.proj_out(h)
+    heads = lambda t: t.reshape(b, self.head_size, self.att_size, hh * ww).permute(0, 1, 3, 2)
+    q, k, v = heads(q) * self.att_size**-0.5, heads(k), heads(v)
+    w_ = torch.softmax(q @ k.transpose(2, 3), dim=3)
+    out = (w_ @ v).permute(0, 2, 1, 3).reshape(b, hh, ww, c).permute(0, 3, 1, 2)
+    return x + self.proj_out(out)
 
 
 class Downsample(nn.Module):
@@ -59,45 +72,33 @@ class Downsample(nn.Module):
     return self.conv(F.pad(x, (0, 1, 0, 1)))
 
 
-class Encoder(nn.Module):
-  def __init__(
-    self,
-    *,
-    in_channels,
-    ch,
-    ch_mult,
-    num_res_blocks,
-    attn_resolutions,
-    resolution,
-    z_channels,
-    groups,
-  ):
+class MultiHeadEncoder(nn.Module):
+  def __init__(self, cfg):
     super().__init__()
-    self.conv_in = nn.Conv2d(in_channels, ch, 3, 1, 1)
-    in_mult = (1,) + tuple(ch_mult)
-    res = resolution
+    groups, ch = cfg.norm_num_groups, cfg.ch
+    self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, 1, 1)
+    in_mult = (1,) + tuple(cfg.ch_mult)
+    res = cfg.resolution
     self.down = nn.ModuleList()
-    for i, mult in enumerate(ch_mult):
+    for i, mult in enumerate(cfg.ch_mult):
       level = nn.Module()
       level.block, level.attn = nn.ModuleList(), nn.ModuleList()
       cin = ch * in_mult[i]
-      for _ in range(num_res_blocks):
+      for _ in range(cfg.num_res_blocks):
         level.block.append(ResnetBlock(cin, ch * mult, groups))
         cin = ch * mult
-        if res in attn_resolutions:
-          level.attn.append(AttnBlock(cin, groups))
-      if i != len(ch_mult) - 1:
+        if res in cfg.attn_resolutions:
+          level.attn.append(MultiHeadAttnBlock(cin, groups))
+      if i != len(cfg.ch_mult) - 1:
         level.downsample = Downsample(cin)
         res //= 2
       self.down.append(level)
     self.mid = nn.Module()
-    self.mid.block_1, self.mid.attn_1, self.mid.block_2 = (
-      ResnetBlock(cin, cin, groups),
-      AttnBlock(cin, groups),
-      ResnetBlock(cin, cin, groups),
-    )
+    self.mid.block_1 = ResnetBlock(cin, cin, groups)
+    self.mid.attn_1 = MultiHeadAttnBlock(cin, groups)
+    self.mid.block_2 = ResnetBlock(cin, cin, groups)
     self.norm_out = _norm(cin, groups)
-    self.conv_out = nn.Conv2d(cin, z_channels, 3, 1, 1)
+    self.conv_out = nn.Conv2d(cin, cfg.z_channels, 3, 1, 1)
 
   def forward(self, x):
     h = self.conv_in(x)
@@ -113,52 +114,124 @@ class Encoder(nn.Module):
 
 
 class VectorQuantizer(nn.Module):
-  def __init__(self, n_embed, embed_dim):
+  def __init__(self, n_embed, embed_dim, num_tokens):
     super().__init__()
+    self.num_tokens = num_tokens
     self.embedding = nn.Embedding(n_embed, embed_dim)
     self.embedding.weight.data.uniform_(-1.0 / n_embed, 1.0 / n_embed)
 
+  def inference(self, z):
+    """OSDFace's token rule for one image: z (1, D, h, w) -> (1, num_tokens, D).
 
-class VRE(nn.Module):
-  """lq (B, 3, R, R) in [-1, 1] -> tokens (B, num_tokens, embed_dim), one image at a time."""
-
-  def __init__(self, cfg):
-    super().__init__()
-    self.num_tokens = cfg.num_tokens
-    self.encoder = Encoder(
-      in_channels=cfg.in_channels,
-      ch=cfg.ch,
-      ch_mult=cfg.ch_mult,
-      num_res_blocks=cfg.num_res_blocks,
-      attn_resolutions=cfg.attn_resolutions,
-      resolution=cfg.resolution,
-      z_channels=cfg.z_channels,
-      groups=cfg.norm_num_groups,
-    )
-    self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
-    self.quantize = VectorQuantizer(cfg.n_embed, cfg.embed_dim)
-
-  def latents(self, lq):
-    """(1, P, embed_dim) pre-quantization latents, positions in row-major order."""
-    z = self.quant_conv(self.encoder((lq - 0.5) / 0.5))
-    return z.permute(0, 2, 3, 1).reshape(z.shape[0], -1, z.shape[1])
-
-  def tokens_one(self, z):
-    """The DESIGN §1 rule for one image: z (P, D) -> (num_tokens, D)."""
-    e = self.quantize.embedding.weight
+    Positions sorted by the distance to their nearest code; walking that list, each code is kept the
+    first time it appears until num_tokens are kept; rows past the unique codes stay zero.
+    """
+    z = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    e = self.embedding.weight
     d = (z**2).sum(1, keepdim=True) + (e**2).sum(1) - 2 * z @ e.t()
     dist, idx = d.min(1)
     codes = []
-    for p in torch.argsort(dist, stable=True).tolist():
+    for p in torch.sort(dist, stable=True).indices.tolist():
       if int(idx[p]) not in codes:
         codes.append(int(idx[p]))
       if len(codes) == self.num_tokens:
         break
-    out = torch.zeros(self.num_tokens, e.shape[1], dtype=e.dtype, device=e.device)
-    out[: len(codes)] = e[codes]
-    return out
+    one_hot = torch.zeros(self.num_tokens, e.shape[0], dtype=e.dtype)
+    one_hot[torch.arange(len(codes)), codes] = 1.0
+    return (one_hot @ e)[None]
+
+
+class VQVAEencoder(nn.Module):
+  """``encoder`` -> ``quant_conv`` -> ``quantize.inference``; the input is already normalized."""
+
+  def __init__(self, cfg):
+    super().__init__()
+    self.encoder = MultiHeadEncoder(cfg)
+    self.quantize = VectorQuantizer(cfg.n_embed, cfg.embed_dim, cfg.num_tokens)
+    self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
+
+  def latents(self, x):
+    return self.quant_conv(self.encoder(x))
+
+  def forward(self, x):
+    return self.quantize.inference(self.latents(x))
+
+
+class LQEmbedder(nn.Module):
+  """OSDFace's ``vqvae_encoder`` wrapper: resize to the model's resolution (bilinear; the identity
+  for aligned crops of that size), normalize once more, ``(x - 0.5) / 0.5``, although the input is
+  already in [-1, 1], and run the encoder one image at a time (its token rule is per image)."""
+
+  def __init__(self, cfg):
+    super().__init__()
+    self.resolution = cfg.resolution
+    self.encoder = VQVAEencoder(cfg)
+
+  def _normalized(self, lq):
+    lq = F.interpolate(lq, size=(self.resolution,) * 2, mode="bilinear", align_corners=False)
+    return (lq - 0.5) / 0.5
+
+  def latents(self, lq):
+    """(B, P, embed_dim) pre-quantization latents, positions in row-major order."""
+    z = self.encoder.latents(self._normalized(lq))
+    return z.permute(0, 2, 3, 1).reshape(z.shape[0], -1, z.shape[1])
+
+  def load_release(self, state_dict):
+    """OSDFace's loading: keys under ``vqvae_LQ.`` except its decoder, prefix stripped, strict=False."""
+    kept = {
+      k[len("vqvae_LQ.") :]: v
+      for k, v in state_dict.items()
+      if k.startswith("vqvae_LQ.") and not k.startswith("vqvae_LQ.decoder")
+    }
+    return self.encoder.load_state_dict(kept, strict=False)
 
   def forward(self, lq):
-    return torch.stack(
-      [self.tokens_one(self.latents(lq[i : i + 1])[0]) for i in range(lq.shape[0])]
+    x = self._normalized(lq)
+    return torch.cat([self.encoder(x[i : i + 1]) for i in range(x.shape[0])])
+
+
+class MultiHeadDecoder(nn.Module):
+  """The part of the LQ branch's decoder that fixes its key names (the VRE never runs it)."""
+
+  def __init__(self, cfg, width=32):
+    super().__init__()
+    groups = cfg.norm_num_groups
+    self.conv_in = nn.Conv2d(cfg.embed_dim, width, 3, 1, 1)
+    self.mid = nn.Module()
+    self.mid.block_1 = ResnetBlock(width, width, groups)
+    self.mid.attn_1 = MultiHeadAttnBlock(width, groups)
+    self.mid.block_2 = ResnetBlock(width, width, groups)
+    self.norm_out = _norm(width, groups)
+    self.conv_out = nn.Conv2d(width, cfg.in_channels, 3, 1, 1)
+
+
+class VQVAE(nn.Module):
+  """One branch of the associate checkpoint: encoder, codebook, decoder."""
+
+  def __init__(self, cfg):
+    super().__init__()
+    self.encoder = MultiHeadEncoder(cfg)
+    self.decoder = MultiHeadDecoder(cfg)
+    self.quantize = VectorQuantizer(cfg.n_embed, cfg.embed_dim, cfg.num_tokens)
+    self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
+    self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+
+
+class LightningVQ(nn.Module):
+  """The Lightning module whose ``state_dict`` is saved in ``associate_2.ckpt``: an LQ and an HQ
+  branch. ``from_lq_embedder`` puts a `LQEmbedder`'s weights into the LQ branch."""
+
+  def __init__(self, cfg):
+    super().__init__()
+    self.vqvae_LQ = VQVAE(cfg)
+    self.vqvae_HQ = VQVAE(cfg)
+
+  @classmethod
+  def from_lq_embedder(cls, cfg, embedder, seed=1):
+    torch.manual_seed(seed)
+    module = cls(cfg)
+    missing, unexpected = module.vqvae_LQ.load_state_dict(
+      embedder.encoder.state_dict(), strict=False
     )
+    assert not unexpected and all(k.startswith(("decoder.", "post_quant_conv.")) for k in missing)
+    return module.eval()

@@ -17,7 +17,7 @@ from quantface_jax.serve import (
   export,
   load_served,
   packed_account,
-  read_manifest,
+  read_serve_manifest,
   save_served,
   serve_model,
 )
@@ -38,8 +38,11 @@ def test_round_trip_is_bit_exact(quantized, serve_dir, tmp_path):
     nnx.to_flat_state(nnx.state(loaded)), nnx.to_flat_state(nnx.state(in_memory))
   ):
     assert a[...].dtype == b[...].dtype, path
+    if path[-1] == "w_scale":  # rebuilt from the QDIR's codes: within an ulp (quant/export.py)
+      np.testing.assert_array_max_ulp(np.asarray(a[...]), np.asarray(b[...]), maxulp=1)
+      continue
     np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]), err_msg=str(path))
-  manifest = read_manifest(serve_dir)
+  manifest = read_serve_manifest(serve_dir)
   again = save_served(
     loaded,
     tmp_path / "again",
@@ -87,7 +90,7 @@ def test_load_is_strict(serve_dir, tmp_path):
 
 def test_w4_weights_are_small(serve_dir):
   account = packed_account(serve_dir)
-  assert account == read_manifest(serve_dir)["account"]
+  assert account == read_serve_manifest(serve_dir)["account"]
   w4 = account["weights_by_bits"]["4"]
   assert w4["packed_bytes"] <= 0.3 * w4["bf16_bytes"]
   assert account["weights_by_bits"]["8"]["ratio"] <= 0.6
@@ -117,7 +120,7 @@ def test_cli_export_then_restore_and_eval(quantized, tmp_path):
   qdir = save_quantized(qmodel, recipe, tmp_path / "qdir", base_ckpt="tiny")
   serve = tmp_path / "serve"
   assert cli.main(["export", str(qdir), "--out", str(serve)]) == 0
-  assert read_manifest(serve)["source"] == str(qdir)
+  assert read_serve_manifest(serve)["source"] == str(qdir)
   faces, out = tmp_path / "faces", tmp_path / "out"
   faces.mkdir()
   rng = np.random.default_rng(0)

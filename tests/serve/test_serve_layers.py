@@ -122,13 +122,13 @@ def test_served_model_lowers_for_cuda_on_pallas_kernels(quantized, lq):
 
 
 def test_static_rtn_block_fuses_group_norm_silu_into_the_quantizer(tiny_model, lq):
-  """DESIGN §2.6's quantizing prologue, left to XLA's fusion: in a served resnet block with static
-  per-tensor activations (no rotation), GroupNorm + SiLU + quantize compile into fusions that write
+  """The quantizing prologue of docs/design.md §2.6, left to XLA's fusion: in a served resnet block
+  with static per-tensor activations (no rotation), GroupNorm + SiLU + quantize compile into fusions that write
   the integer codes, and no SiLU output is written out in float first (`profiling.hlo_summary`;
   on this CPU backend; `bench_serve.py --hlo-summary` asks the GPU compiler the same)."""
+  from quantface_jax.profiling import hlo_summary
   from quantface_jax.quant import LayerQuantConfig, Recipe, calibrate, quantize
   from quantface_jax.quant.rules import FULL_PRECISION
-  from quantface_jax.train.profiling import hlo_summary
 
   rules = tuple((p, None) for p in FULL_PRECISION) + (
     (r"vae\..*", LayerQuantConfig(w_bits=4, a_bits=4, smooth=False, rotate=False, low_rank=0)),

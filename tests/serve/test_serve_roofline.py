@@ -1,16 +1,9 @@
-"""benchmarks/serve_roofline.py: the layers it prices are exactly the ones `quantize` quantizes, with
+"""benchmarks.serve_roofline: the layers it prices are exactly the ones `quantize` quantizes, with
 their traced shapes, and its floors keep their order (fused int8 never above bf16 or as-built)."""
 
-import sys
-from pathlib import Path
-
-import pytest
-
+from benchmarks import serve_roofline
 from quantface_jax.models import build
 from quantface_jax.quant import get_bits, get_recipe, quantize
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-serve_roofline = pytest.importorskip("serve_roofline")
 
 
 def test_layers_are_the_quantized_ones_with_their_shapes():

@@ -11,7 +11,8 @@ from test_trainer import Interrupted, flat, interrupted_at
 
 from quantface_jax import checkpoint
 from quantface_jax.quant import qdlora
-from quantface_jax.quant.export import load_quantized
+from quantface_jax.quant import quant_layers
+from quantface_jax.quant.export import load_quantized, weight_codes
 from quantface_jax.train import distill, fp_stages
 from quantface_jax.train.config_utils import apply_overrides, load_config_file
 from quantface_jax.train.logging import read_metrics
@@ -25,7 +26,7 @@ def tiny_config(root, *overrides):
 
 
 def shared_quantized(tmp_path_factory):
-  """(config, quantized tiny model, its QDIR): quantized once per session, then loaded."""
+  """(config, quantized tiny model, its QDIR): quantized once per test run, then loaded."""
   base = tmp_path_factory.getbasetemp()
   faces, qdir = base / "qdlora_faces", base / "qdlora_qdir"
   if not faces.is_dir():
@@ -98,12 +99,22 @@ def test_train_qdlora_writes_a_loadable_merged_qdir(setup, tmp_path):
   config = apply_overrides(config.copy_and_resolve_references(), ["train.steps=1"])
   workdir = tmp_path / "work"
   workdir.mkdir()
-  os.symlink(qdir, workdir / "quantized")  # the session's PTQ model
+  os.symlink(qdir, workdir / "quantized")  # the shared PTQ model
   merged, result = distill.train_qdlora(config, str(workdir))
   assert result.steps_run == 1 and "val_psnr" in result.val_metrics
   assert not any(isinstance(m, qdlora.QDLORA_LAYERS) for _, m in nnx.iter_modules(merged))
   loaded = load_quantized(workdir / "model")
+  # A QDIR stores quantized weights as codes and scales: the codes come back identical, the scales
+  # within an ulp (see tests/serve/test_qdir_codes.py), and every other state leaf exactly.
+  before, after = quant_layers(merged), quant_layers(loaded)
+  assert before.keys() == after.keys()
+  for path, layer in before.items():
+    (codes, scale), (codes_back, scale_back) = weight_codes(layer), weight_codes(after[path])
+    np.testing.assert_array_equal(codes_back, codes, err_msg=path)
+    np.testing.assert_array_max_ulp(scale_back, scale, maxulp=1)
   a, b = flat(merged, ...), flat(loaded, ...)
   assert a.keys() == b.keys()
+  stored_as_codes = {f"{path}.{leaf}" for path in before for leaf in ("kernel", "w_clip")}
   for key in a:
-    np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))
+    if ".".join(map(str, key)) not in stored_as_codes:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))

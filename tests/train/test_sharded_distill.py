@@ -3,8 +3,8 @@ single-device step (pure data parallelism: tests/train/test_sharded.py, on the g
 mesh here is one more minute-long compile of the distillation step).
 
 Fake quantization makes the step discontinuous: a different reduction order moves an activation by
-one float32 ulp, which can flip its code by a whole quantization step. Session 10 saw that on a new
-CPU: the quantized step's loss differed by 4e-4 and its gradient norm by 0.9% between the meshes.
+one float32 ulp, which can flip its code by a whole quantization step. On one CPU model the
+quantized step's loss differed by 4e-4 and its gradient norm by 0.9% between the meshes.
 So the float32-tolerance check runs with fake quantization off (the balanced student, perturbed so
 that it does not equal the teacher and the loss is no cancellation), and the quantized step, the
 same compiled program with the `enabled` flags set (they are data), gets the tolerance of a few

@@ -197,7 +197,7 @@ def test_time_budget_shortens_schedule(tmp_path, caplog):
       str(tmp_path),
     )
   assert result.steps_run == 4  # calibrated at step 3, budget already spent -> one more step
-  # A schedule cut below twice its warmup says so (session 8's VRE stage got 22 steps silently).
+  # A schedule cut below twice its warmup says so (a stage cut to 22 steps once passed silently).
   assert "leaves 4 steps (warmup 5)" in caplog.text
 
 
@@ -232,7 +232,7 @@ def test_profiled_steps_are_summarized(tmp_path):
 
 
 def test_trace_calls_names_the_heaviest_ops():
-  from quantface_jax.train import profiling
+  from quantface_jax import profiling
 
   x = jnp.ones((256, 256))
   fn = jax.jit(lambda a: jnp.tanh(a @ a) @ a)
