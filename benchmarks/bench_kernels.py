@@ -29,6 +29,7 @@ import numpy as np
 
 from benchmarks import results
 from quantface_jax.kernels import (
+  Epilogue,
   GemmBlocks,
   group_norm_prologue,
   int_conv2d,
@@ -41,6 +42,7 @@ from quantface_jax.kernels.reference import int_conv2d_ref, int_matmul_ref, quan
 PEAK_OPS = {"int8": 1979e12, "bf16": 989e12}
 HBM_BYTES_PER_S = 4.8e12
 CHECK_ROWS = 256
+OUT_DTYPE = jnp.bfloat16  # output dtype of the timed kernels and of their error checks
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -122,20 +124,21 @@ def max_errors(got, ref) -> dict:
   return dict(max_abs_err=abs_err, max_rel_err=abs_err / max(float(np.max(np.abs(ref))), 1e-30))
 
 
-def check_errors(kernel, reference, xq, w, kw) -> dict:
-  """Errors of ``kernel`` against ``reference`` with the full epilogue (float rounding may differ
-  by an output ulp: FMA contraction, operation order), and ``acc_abs_err``: both again with unit
-  scales, no bias and f32 output, i.e. ``f32(int32 accumulator)`` alone, which must be 0."""
-  unit = {
-    **kw,
-    "a_scale": jnp.float32(1),
-    "w_scale": jnp.ones_like(kw["w_scale"]),
-    "bias": None,
-    "out_dtype": jnp.float32,
-  }
+def check_errors(kernel, reference, xq, w, epilogue: Epilogue) -> dict:
+  """Errors of ``kernel`` against ``reference`` with the full epilogue and ``OUT_DTYPE`` output
+  (float rounding may differ by an output ulp: FMA contraction, operation order), and
+  ``acc_abs_err``: both again with unit scales, no bias and f32 output, i.e. ``f32(int32
+  accumulator)`` alone, which must be 0."""
+  unit = epilogue._replace(
+    a_scale=jnp.float32(1), w_scale=jnp.ones_like(epilogue.w_scale), bias=None
+  )
+  full = (
+    kernel(xq, w, epilogue, out_dtype=OUT_DTYPE),
+    reference(xq, w, epilogue, out_dtype=OUT_DTYPE),
+  )
   return {
-    **max_errors(kernel(xq, w, **kw), reference(xq, w, **kw)),
-    "acc_abs_err": max_errors(kernel(xq, w, **unit), reference(xq, w, **unit))["max_abs_err"],
+    **max_errors(*full),
+    "acc_abs_err": max_errors(kernel(xq, w, unit), reference(xq, w, unit))["max_abs_err"],
   }
 
 
@@ -164,13 +167,12 @@ def gemm_problem(rng, m, k, n, w_bits, a_bits):
   half_w, half_a = 2 ** (w_bits - 1), 2 ** (a_bits - 1)
   w_codes = rng.integers(-half_w, half_w, (k, n)).astype(np.int8)
   xq = jnp.asarray(rng.integers(-half_a, half_a, (m, k)).astype(np.int8))
-  kw = dict(
+  epilogue = Epilogue(
     a_scale=jnp.asarray(rng.uniform(0.01, 0.1, m), jnp.float32),
     w_scale=jnp.asarray(rng.uniform(1e-3, 1e-2, n), jnp.float32),
     bias=jnp.asarray(rng.standard_normal(n), jnp.float32),
-    out_dtype=jnp.bfloat16,
   )
-  return xq, pack_weight(jnp.asarray(w_codes), w_bits), kw
+  return xq, pack_weight(jnp.asarray(w_codes), w_bits), epilogue
 
 
 def _backend_blocks(p: Plan):
@@ -202,7 +204,7 @@ def bench_gemms(run: Runner, rng):
         ),
       )
       for variant, (w_bits, a_bits) in (("w8a8", (8, 8)), ("w4a8", (4, 8)), ("w4a4", (4, 4))):
-        xq, w, kw = gemm_problem(rng, m, k, n, w_bits, a_bits)
+        xq, w, epilogue = gemm_problem(rng, m, k, n, w_bits, a_bits)
         weight_bytes = w.size
         if variant == "w8a8":
           raw = jax.jit(
@@ -218,20 +220,22 @@ def bench_gemms(run: Runner, rng):
           )
         for backend, blocks in _backend_blocks(p):
 
-          def body(backend=backend, blocks=blocks, xq=xq, w=w, kw=kw, variant=variant):
+          def body(backend=backend, blocks=blocks, xq=xq, w=w, ep=epilogue, variant=variant):
             key = (variant, backend, blocks, k, n)  # check once per weight shape
             if key not in checked:
               rows = min(m, CHECK_ROWS)
-              check_kw = {**kw, "a_scale": kw["a_scale"][:rows]}
+              check_ep = ep._replace(a_scale=ep.a_scale[:rows])
               checked[key] = check_errors(
                 functools.partial(int_matmul, backend=backend, blocks=blocks),
                 int_matmul_ref,
                 xq[:rows],
                 w,
-                check_kw,
+                check_ep,
               )
             errs = checked[key]
-            fn = jax.jit(lambda a, b: int_matmul(a, b, backend=backend, blocks=blocks, **kw))
+            fn = jax.jit(
+              lambda a, b: int_matmul(a, b, ep, out_dtype=OUT_DTYPE, backend=backend, blocks=blocks)
+            )
             return {
               **errs,
               **roofline(
@@ -268,11 +272,10 @@ def _bench_one_conv(run: Runner, rng, batch: int, hw: int, c: int):
   )
   xq = jnp.asarray(rng.integers(-128, 128, (batch, hw, hw, c)), jnp.int8)
   wq = jnp.asarray(rng.integers(-128, 128, (3, 3, c, c)), jnp.int8)
-  kw = dict(
+  epilogue = Epilogue(
     a_scale=jnp.float32(0.02),
     w_scale=jnp.asarray(rng.uniform(1e-3, 1e-2, c), jnp.float32),
     bias=jnp.asarray(rng.standard_normal(c), jnp.float32),
-    out_dtype=jnp.bfloat16,
   )
   for backend, blocks in [
     (b, bl)
@@ -283,9 +286,15 @@ def _bench_one_conv(run: Runner, rng, batch: int, hw: int, c: int):
     def body(backend=backend, blocks=blocks):
       small = xq[:1, : min(hw, 32), : min(hw, 32)]
       errs = check_errors(
-        functools.partial(int_conv2d, backend=backend, blocks=blocks), int_conv2d_ref, small, wq, kw
+        functools.partial(int_conv2d, backend=backend, blocks=blocks),
+        int_conv2d_ref,
+        small,
+        wq,
+        epilogue,
       )
-      fn = jax.jit(lambda a, b: int_conv2d(a, b, backend=backend, blocks=blocks, **kw))
+      fn = jax.jit(
+        lambda a, b: int_conv2d(a, b, epilogue, out_dtype=OUT_DTYPE, backend=backend, blocks=blocks)
+      )
       return {
         **errs,
         **roofline(time_ms(fn, xq, wq, repeats=p.repeats), ops, 3 * act_bytes, "int8"),

@@ -1,9 +1,10 @@
 """convert/convert_osdface.py, the entry point beside convert/README.md: a bad release is one line."""
 
+import pathlib
 import subprocess
 import sys
 
-from conftest import REPO
+REPO = pathlib.Path(__file__).resolve().parents[1]  # the repository's root
 
 
 def test_a_missing_release_folder_is_a_one_line_error(tmp_path):

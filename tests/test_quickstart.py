@@ -2,9 +2,11 @@
 namespace, no Jupyter kernel)."""
 
 import json
+import pathlib
 
 import matplotlib
-from conftest import REPO
+
+REPO = pathlib.Path(__file__).resolve().parents[1]  # the repository's root
 
 NOTEBOOK = REPO / "examples" / "quickstart.ipynb"
 

@@ -6,9 +6,11 @@ a "lent" machine or its call limit, issue numbers ("issue #12", "#12"), and cita
 document outside the repository ("DESIGN §2", "DESIGN.md"; cite docs/design.md).
 """
 
+import pathlib
 import re
 
-from conftest import REPO
+REPO = pathlib.Path(__file__).resolve().parents[1]  # the repository's root
+
 
 SCANNED = ("README.md", "docs", "benchmarks", "configs", "convert", "examples", "quantface_jax")
 TEXT_SUFFIXES = {

@@ -5,10 +5,9 @@ Operands:
 - ``xq``: int8 NHWC [B, H, W, C_in] activation codes (4-bit codes held in int8).
 - ``wq``: int8 HWIO [kh, kw, C_in, C_out] weight codes (a packed int4 weight is unpacked first:
   `packing.unpack_weight`).
-- ``a_scale``/``a_zero``: per-tensor scalars (f32 / int32): x ~ a_scale * (xq - a_zero); the
-  spatial padding uses the zero-point code, i.e. zero padding in the real domain.
-- ``w_scale`` f32 [C_out], ``bias`` f32 [C_out], ``w_colsum`` int32 [C_out] (sum of wq over kh, kw,
-  C_in; computed when omitted), ``lowrank_x`` f32 [B*Ho*Wo, r] with ``lowrank_l2`` f32 [r, C_out].
+- ``epilogue``: a `gemm.Epilogue` with per-tensor ``a_scale``/``a_zero`` (scalars): x ~ a_scale *
+  (xq - a_zero), the spatial padding using the zero-point code, i.e. zero padding in the real
+  domain; ``w_colsum`` is summed from ``wq`` when omitted; ``lowrank_x`` has B*Ho*Wo rows.
 - result: ``out_dtype`` NHWC [B, Ho, Wo, C_out].
 
 `int_conv2d_xla` (XLA / cuDNN int8 conv), `int_conv2d_implicit` (Pallas implicit GEMM, stride 1,
@@ -26,15 +25,15 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from quantface_jax.kernels.gemm import (
+  Epilogue,
   GemmBlocks,
   dot_nt,
   epilogue_from_refs,
-  epilogue_specs,
+  epilogue_pallas_call,
   pad_to,
   pick_block,
   prepare_epilogue,
   round_up,
-  triton_params,
 )
 from quantface_jax.kernels.reference import gemm_epilogue
 
@@ -44,6 +43,14 @@ def pad_codes(xq, padding: int, a_zero):
   in the real domain)."""
   fill = 0 if a_zero is None else jnp.asarray(a_zero, xq.dtype)
   return jnp.pad(xq, [(0, 0), (padding, padding), (padding, padding), (0, 0)], constant_values=fill)
+
+
+def with_weight_colsum(epilogue: Epilogue, wq) -> Epilogue:
+  """``epilogue`` with ``w_colsum`` (int32 [C_out], the sum of HWIO ``wq`` over kh, kw, C_in)
+  filled in where the zero point needs it and the caller did not precompute it."""
+  if epilogue.a_zero is None or epilogue.w_colsum is not None:
+    return epilogue
+  return epilogue._replace(w_colsum=jnp.sum(wq, axis=(0, 1, 2), dtype=jnp.int32))
 
 
 def im2col(xp, kh: int, kw: int, stride: int):
@@ -61,25 +68,11 @@ def im2col(xp, kh: int, kw: int, stride: int):
 
 @functools.partial(jax.jit, static_argnames=("stride", "padding", "out_dtype"))
 def int_conv2d_xla(
-  xq,
-  wq,
-  *,
-  a_scale,
-  w_scale,
-  bias=None,
-  a_zero=None,
-  w_colsum=None,
-  lowrank_x=None,
-  lowrank_l2=None,
-  stride: int = 1,
-  padding: int = 1,
-  out_dtype=jnp.float32,
+  xq, wq, epilogue: Epilogue, *, stride: int = 1, padding: int = 1, out_dtype=jnp.float32
 ):
   """Integer conv by XLA: ``lax.conv_general_dilated`` int8 NHWC x int8 HWIO with int32
-  accumulation, converted to f32 at once, then the GEMM epilogue with per-tensor
-  ``a_scale``/``a_zero`` (scalars), per-C_out ``w_scale`` [C_out] and ``bias`` [C_out] ->
-  ``out_dtype`` NHWC. ``w_colsum`` int32 [C_out] (sum of wq over kh, kw, C_in) is computed here
-  unless given; ``lowrank_x`` f32 [B*Ho*Wo, r] with ``lowrank_l2`` [r, C_out] as in `int_matmul`.
+  accumulation, converted to f32 at once, then the GEMM epilogue (``epilogue`` as in the module
+  docstring) -> ``out_dtype`` NHWC.
 
   The immediate f32 conversion is the only int8 conv cuDNN runs (XLA fuses a convert to f32 that
   is the int32 conv's one user into an int8 -> f32 cuDNN conv; anything else between them fails
@@ -87,7 +80,7 @@ def int_conv2d_xla(
   K = kh·kw·C_in = 16384 (|code products| <= 128·8) — all of sd21's — and for W8 up to K = 1024;
   beyond, the accumulator is rounded to 24 bits, as cuDNN itself does."""
   acc = lax.conv_general_dilated(
-    pad_codes(xq, padding, a_zero),
+    pad_codes(xq, padding, epilogue.a_zero),
     wq,
     (stride, stride),
     "VALID",
@@ -97,28 +90,12 @@ def int_conv2d_xla(
   acc = acc.astype(jnp.float32)
   b, ho, wo, c_out = acc.shape
   rows = b * ho * wo
-  if a_zero is not None and w_colsum is None:
-    w_colsum = jnp.sum(wq, axis=(0, 1, 2), dtype=jnp.int32)
-  ep = prepare_epilogue(
-    rows,
-    c_out,
-    rows,
-    c_out,
-    a_scale=a_scale,
-    w_scale=w_scale,
-    a_zero=a_zero,
-    w_colsum=w_colsum,
-    bias=bias,
-    lowrank_x=lowrank_x,
-    lowrank_l2=lowrank_l2,
-  )
-  y = gemm_epilogue(acc.reshape(rows, c_out), **ep.as_kwargs(), out_dtype=out_dtype)
+  ep = prepare_epilogue(with_weight_colsum(epilogue, wq), rows, c_out, rows, c_out)
+  y = gemm_epilogue(acc.reshape(rows, c_out), ep, out_dtype=out_dtype)
   return y.reshape(b, ho, wo, c_out)
 
 
-def _implicit_conv_kernel(
-  x_ref, w_ref, *refs, shifts, c_steps, block_k, has_zero, has_bias, has_lowrank, out_dtype
-):
+def _implicit_conv_kernel(x_ref, w_ref, *refs, shifts, c_steps, block_k, epilogue_tree, out_dtype):
   *epilogue_refs, o_ref = refs
   bm, bn = o_ref.shape
   row0 = pl.program_id(0) * bm
@@ -130,27 +107,16 @@ def _implicit_conv_kernel(
       return acc + dot_nt(x_ref[rows, pl.ds(k0, block_k)], w_ref[:, pl.ds(w0 + k0, block_k)])
 
     acc = lax.fori_loop(0, c_steps, k_step, acc)
-  o_ref[...] = gemm_epilogue(
-    acc,
-    **epilogue_from_refs(
-      epilogue_refs, has_zero=has_zero, has_bias=has_bias, has_lowrank=has_lowrank
-    ),
-    out_dtype=out_dtype,
-  )
+  ep = epilogue_from_refs(epilogue_refs, epilogue_tree)
+  o_ref[...] = gemm_epilogue(acc, ep, out_dtype=out_dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("padding", "out_dtype", "blocks", "interpret"))
 def int_conv2d_implicit(
   xq,
   wq,
+  epilogue: Epilogue,
   *,
-  a_scale,
-  w_scale,
-  bias=None,
-  a_zero=None,
-  w_colsum=None,
-  lowrank_x=None,
-  lowrank_l2=None,
   padding: int = 1,
   out_dtype=jnp.float32,
   blocks: GemmBlocks = GemmBlocks(),
@@ -159,7 +125,7 @@ def int_conv2d_implicit(
   """Stride-1 integer conv as an implicit GEMM in Pallas (Triton on GPU): no im2col copy.
 
   ``xq`` int8 NHWC [B, H, W, C_in], ``wq`` int8 HWIO [kh, kw, C_in, C_out]; epilogue operands as
-  in `int_conv2d_xla` -> ``out_dtype`` [B, Ho, Wo, C_out].
+  in the module docstring -> ``out_dtype`` [B, Ho, Wo, C_out].
 
   The codes are padded spatially (zero-point code) to [B, Hp, Wp, C_in] and flattened to rows
   r = (b·Hp + y)·Wp + x. Tap (dy, dx) of output row r is input row r + dy·Wp + dx, so every tap
@@ -174,7 +140,7 @@ def int_conv2d_implicit(
   batch 16 has 1.1·10⁹); beyond, a ValueError.
   """
   kh, kw, c_in, c_out = wq.shape
-  xp = pad_codes(xq, padding, a_zero)
+  xp = pad_codes(xq, padding, epilogue.a_zero)
   b, hp, wp, _ = xp.shape
   ho, wo = hp - kh + 1, wp - kw + 1
   rows = b * hp * wp
@@ -190,48 +156,23 @@ def int_conv2d_implicit(
     )
   w = pad_to(wq.reshape(kh * kw, c_in, c_out), (kh * kw, cp, np_))
   w = w.transpose(2, 0, 1).reshape(np_, kh * kw * cp)
-  if a_zero is not None and w_colsum is None:
-    w_colsum = jnp.sum(wq, axis=(0, 1, 2), dtype=jnp.int32)
-  if lowrank_x is not None:
-    grid_x = lowrank_x.reshape(b, ho, wo, -1)
-    lowrank_x = jnp.pad(grid_x, [(0, 0), (0, hp - ho), (0, wp - wo), (0, 0)]).reshape(rows, -1)
-  ep = prepare_epilogue(
-    rows,
-    c_out,
-    mp,
-    np_,
-    a_scale=a_scale,
-    w_scale=w_scale,
-    a_zero=a_zero,
-    w_colsum=w_colsum,
-    bias=bias,
-    lowrank_x=lowrank_x,
-    lowrank_l2=lowrank_l2,
-  )
+  epilogue = with_weight_colsum(epilogue, wq)
+  if epilogue.lowrank_x is not None:
+    grid_x = epilogue.lowrank_x.reshape(b, ho, wo, -1)
+    grid_x = jnp.pad(grid_x, [(0, 0), (0, hp - ho), (0, wp - wo), (0, 0)])
+    epilogue = epilogue._replace(lowrank_x=grid_x.reshape(rows, -1))
+  ep = prepare_epilogue(epilogue, rows, c_out, mp, np_)
   kernel = functools.partial(
     _implicit_conv_kernel,
     shifts=tuple(dy * wp + dx for dy in range(kh) for dx in range(kw)),
     c_steps=cp // bk,
     block_k=bk,
-    has_zero=ep.a_zero is not None,
-    has_bias=ep.bias is not None,
-    has_lowrank=ep.lowrank_x is not None,
-    out_dtype=out_dtype,
   )
-  y = pl.pallas_call(
-    kernel,
-    out_shape=jax.ShapeDtypeStruct((mp, np_), out_dtype),
-    grid=(mp // bm, np_ // bn),
-    in_specs=[
-      pl.BlockSpec(x_flat.shape, lambda i, j: (0, 0)),
-      pl.BlockSpec((bn, kh * kw * cp), lambda i, j: (j, 0)),
-      *epilogue_specs(ep, bm, bn),
-    ],
-    out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
-    interpret=interpret,
-    compiler_params=triton_params(
-      interpret, num_warps=blocks.num_warps, num_stages=blocks.num_stages
-    ),
-    name="int8_implicit_conv",
-  )(x_flat, w, *ep.arrays())
+  specs = [
+    pl.BlockSpec(x_flat.shape, lambda i, j: (0, 0)),
+    pl.BlockSpec((bn, kh * kw * cp), lambda i, j: (j, 0)),
+  ]
+  y = epilogue_pallas_call(
+    "int8_implicit_conv", kernel, (x_flat, w), specs, ep, (bm, bn), blocks, interpret, out_dtype
+  )
   return y[:rows, :c_out].reshape(b, hp, wp, c_out)[:, :ho, :wo]

@@ -10,8 +10,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from quantface_jax.kernels.conv import im2col, int_conv2d_implicit, int_conv2d_xla, pad_codes
-from quantface_jax.kernels.gemm import GemmBlocks, int_matmul_pallas, int_matmul_xla
+from quantface_jax.kernels.conv import (
+  im2col,
+  int_conv2d_implicit,
+  int_conv2d_xla,
+  pad_codes,
+  with_weight_colsum,
+)
+from quantface_jax.kernels.gemm import Epilogue, GemmBlocks, int_matmul_pallas, int_matmul_xla
 from quantface_jax.kernels.mosaic import int_matmul_mosaic
 from quantface_jax.kernels.quantize_act import quantize_act_pallas, quantize_act_xla
 
@@ -34,14 +40,8 @@ def _resolve(backend: str, gpu_default: str) -> str:
 def int_matmul(
   xq,
   w,
+  epilogue: Epilogue,
   *,
-  a_scale,
-  w_scale,
-  a_zero=None,
-  w_colsum=None,
-  bias=None,
-  lowrank_x=None,
-  lowrank_l2=None,
   out_dtype=jnp.float32,
   backend: str = "auto",
   blocks: GemmBlocks = GemmBlocks(),
@@ -49,29 +49,18 @@ def int_matmul(
   """y[M, N] = f32(xq @ W^T - a_zero * w_colsum) * a_scale * w_scale + bias + lowrank_x @ lowrank_l2.
 
   ``xq`` int8 [M, K]; ``w`` int8 [N, K] or packed int4 uint8 [N, ceil(K/2)] (see `packing`);
-  ``a_scale`` f32 [M] or scalar; ``w_scale`` f32 [N] or scalar; ``a_zero`` int32 [M] or scalar
-  with ``w_colsum`` int32 [N]; ``bias`` [N]; ``lowrank_x`` f32 [M, r] (= x_fp @ L1, computed by
-  the caller); ``lowrank_l2`` f32 [r, N] -> ``out_dtype`` [M, N]. ``blocks`` tunes "pallas".
+  ``epilogue`` an `Epilogue` (its fields' shapes and dtypes are documented there) ->
+  ``out_dtype`` [M, N]. ``blocks`` tunes "pallas".
   """
-  kw = dict(
-    a_scale=a_scale,
-    w_scale=w_scale,
-    a_zero=a_zero,
-    w_colsum=w_colsum,
-    bias=bias,
-    lowrank_x=lowrank_x,
-    lowrank_l2=lowrank_l2,
-    out_dtype=out_dtype,
-  )
   match _resolve(backend, GEMM_GPU_BACKEND):
     case "xla":
-      return int_matmul_xla(xq, w, **kw)
+      return int_matmul_xla(xq, w, epilogue, out_dtype=out_dtype)
     case "mosaic":
-      return int_matmul_mosaic(xq, w, **kw)
+      return int_matmul_mosaic(xq, w, epilogue, out_dtype=out_dtype)
     case "pallas":
-      return int_matmul_pallas(xq, w, **kw, blocks=blocks)
+      return int_matmul_pallas(xq, w, epilogue, out_dtype=out_dtype, blocks=blocks)
     case "interpret":
-      return int_matmul_pallas(xq, w, **kw, blocks=blocks, interpret=True)
+      return int_matmul_pallas(xq, w, epilogue, out_dtype=out_dtype, blocks=blocks, interpret=True)
 
 
 def quantize_act(x, smooth, rotation, bits, *, prologue=None, backend: str = "auto"):
@@ -93,14 +82,8 @@ def quantize_act(x, smooth, rotation, bits, *, prologue=None, backend: str = "au
 def int_conv2d(
   xq,
   wq,
+  epilogue: Epilogue,
   *,
-  a_scale,
-  w_scale,
-  bias=None,
-  a_zero=None,
-  w_colsum=None,
-  lowrank_x=None,
-  lowrank_l2=None,
   stride: int = 1,
   padding: int = 1,
   out_dtype=jnp.float32,
@@ -108,10 +91,9 @@ def int_conv2d(
   blocks: GemmBlocks = GemmBlocks(),
 ):
   """Integer conv: ``xq`` int8 NHWC [B, H, W, C_in]; ``wq`` int8 HWIO [kh, kw, C_in, C_out];
-  per-tensor ``a_scale`` (and optional ``a_zero`` code, also used as the padding code so padding
-  is zero in the real domain; ``w_colsum`` int32 [C_out] precomputed, else summed here);
-  per-C_out ``w_scale``, ``bias``; optional low-rank branch ``lowrank_x`` f32 [B*Ho*Wo, r] (the
-  caller's float conv of the input with L1) and ``lowrank_l2`` [r, C_out], fused in the epilogue
+  ``epilogue`` an `Epilogue` with per-tensor ``a_scale`` (and optional ``a_zero`` code, also used
+  as the padding code so padding is zero in the real domain; ``w_colsum`` summed here unless
+  precomputed) and ``lowrank_x`` f32 [B*Ho*Wo, r] (the caller's float conv of the input with L1)
   -> ``out_dtype`` [B, Ho, Wo, C_out].
 
   "xla": ``lax.conv_general_dilated`` int8 -> int32 (cuDNN on GPU). "pallas" / "interpret", stride
@@ -119,31 +101,21 @@ def int_conv2d(
   [B*Ho*Wo, kh*kw*C_in] (taps ordered kh, kw, C_in) through `int_matmul` with that backend.
   """
   resolved = _resolve(backend, CONV_GPU_BACKEND)
-  kw = dict(
-    a_scale=a_scale,
-    w_scale=w_scale,
-    bias=bias,
-    a_zero=a_zero,
-    lowrank_x=lowrank_x,
-    lowrank_l2=lowrank_l2,
-    out_dtype=out_dtype,
-  )
   if resolved == "xla":
-    return int_conv2d_xla(xq, wq, w_colsum=w_colsum, stride=stride, padding=padding, **kw)
+    return int_conv2d_xla(xq, wq, epilogue, stride=stride, padding=padding, out_dtype=out_dtype)
   if stride == 1 and resolved in ("pallas", "interpret"):
     return int_conv2d_implicit(
       xq,
       wq,
-      w_colsum=w_colsum,
+      epilogue,
       padding=padding,
+      out_dtype=out_dtype,
       blocks=blocks,
       interpret=resolved == "interpret",
-      **kw,
     )
-  kh, kw_, c_in, c_out = wq.shape
-  patches, (b, ho, wo) = im2col(pad_codes(xq, padding, a_zero), kh, kw_, stride)
-  w_t = wq.reshape(kh * kw_ * c_in, c_out).T
-  if a_zero is not None and w_colsum is None:
-    w_colsum = jnp.sum(w_t, axis=1, dtype=jnp.int32)
-  y = int_matmul(patches, w_t, w_colsum=w_colsum, backend=resolved, blocks=blocks, **kw)
+  kh, kw, c_in, c_out = wq.shape
+  patches, (b, ho, wo) = im2col(pad_codes(xq, padding, epilogue.a_zero), kh, kw, stride)
+  w_t = wq.reshape(kh * kw * c_in, c_out).T
+  epilogue = with_weight_colsum(epilogue, wq)
+  y = int_matmul(patches, w_t, epilogue, out_dtype=out_dtype, backend=resolved, blocks=blocks)
   return y.reshape(b, ho, wo, c_out)

@@ -9,13 +9,7 @@ Operands (shapes, layouts and dtypes; `packing` stores the weights):
 - ``w``: int8 [N, K] weight codes (int8/int6), K contiguous (the transposed weight, "K-major"); or
   uint8 [N, ceil(K/2)] packed int4, byte j of a row holding k = 2j in its low nibble and k = 2j + 1
   in its high nibble (two's complement); unpacked to int8 inside the kernel.
-- ``a_scale``: f32 [M] (dynamic per token) or scalar (static per tensor).
-- ``w_scale``: f32 [N] (per output channel) or scalar.
-- ``a_zero``: int32 [M] or scalar, with ``w_colsum`` int32 [N] = sum_k W[n, k] precomputed at
-  export: x ~ a_scale * (xq - a_zero). Both or neither.
-- ``bias``: f32 [N] or None.
-- low-rank branch: ``lowrank_x`` f32 [M, r] = x_fp @ L1 (computed OUTSIDE the kernel: a thin
-  [M, K] x [K, r] GEMM best left to XLA) and ``lowrank_l2`` f32 [r, N], multiplied in the epilogue.
+- ``epilogue``: the scales, zero point, bias and low-rank branch, an `Epilogue` (below).
 - result: ``out_dtype`` (default f32) [M, N].
 
 int32 accumulation throughout. The Pallas kernel pads M, N, K with zero codes up to whole blocks
@@ -31,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,24 +47,36 @@ class GemmBlocks:
   num_stages: int = 3  # Triton software-pipelining depth (ignored in interpret mode)
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Epilogue:
-  """Epilogue operands as 2-D f32/int32 arrays, padded to the blocked output [Mp, Np] (shared by
-  the GEMM, conv and Mosaic kernels)."""
+class Epilogue(NamedTuple):
+  """The epilogue operands of every integer GEMM / conv kernel and its reference (a JAX pytree:
+  None fields are absent operands):
 
-  a_scale: jax.Array  # f32 [Mp, 1]
-  w_scale: jax.Array  # f32 [1, Np]
-  a_zero: jax.Array | None  # int32 [Mp, 1]
-  w_colsum: jax.Array | None  # int32 [1, Np]
-  bias: jax.Array | None  # f32 [1, Np]
-  lowrank_x: jax.Array | None  # f32 [Mp, R], R = r padded with zero columns to a power of two >= 16
-  lowrank_l2: jax.Array | None  # f32 [R, Np]
+      y = f32(acc - a_zero * w_colsum) * a_scale * w_scale + bias + lowrank_x @ lowrank_l2
 
-  def arrays(self):
-    return [v for v in self.as_kwargs().values() if v is not None]
+  As passed to a kernel (M rows, N output channels):
 
-  def as_kwargs(self):
-    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+  - ``a_scale``: f32 [M] (dynamic per token) or scalar (static per tensor; a conv's is scalar).
+  - ``w_scale``: f32 [N] (per output channel) or scalar.
+  - ``a_zero``: int32 [M] or scalar (a conv's is scalar), with ``w_colsum`` int32 [N] = sum_k
+    W[n, k] precomputed at export (a conv sums its weight when omitted): x ~ a_scale * (xq -
+    a_zero). Both or neither.
+  - ``bias``: f32 [N].
+  - ``lowrank_x`` f32 [M, r] = x_fp @ L1 (computed by the caller: a thin GEMM best left to XLA)
+    with ``lowrank_l2`` f32 [r, N]. Both or neither.
+
+  Inside the kernels (`prepare_epilogue`, `reference.gemm_epilogue`) the same fields are 2-D and
+  padded to the blocked output [Mp, Np]: ``a_scale`` f32 [Mp, 1], ``w_scale`` f32 [1, Np],
+  ``a_zero`` int32 [Mp, 1], ``w_colsum`` int32 [1, Np], ``bias`` f32 [1, Np], ``lowrank_x`` f32
+  [Mp, R], ``lowrank_l2`` f32 [R, Np], R = r zero-padded to a power of two >= 16.
+  """
+
+  a_scale: jax.Array
+  w_scale: jax.Array
+  a_zero: jax.Array | None = None
+  w_colsum: jax.Array | None = None
+  bias: jax.Array | None = None
+  lowrank_x: jax.Array | None = None
+  lowrank_l2: jax.Array | None = None
 
 
 def round_up(x: int, multiple: int) -> int:
@@ -80,12 +87,14 @@ def pad_to(a, shape):
   return jnp.pad(a, [(0, t - s) for s, t in zip(a.shape, shape)])
 
 
-def prepare_epilogue(
-  m, n, mp, np_, *, a_scale, w_scale, a_zero, w_colsum, bias, lowrank_x, lowrank_l2
-) -> Epilogue:
+def prepare_epilogue(epilogue: Epilogue, m, n, mp, np_) -> Epilogue:
+  """``epilogue`` as passed to a kernel -> its 2-D form padded to the blocked output [mp, np_]."""
+
   def vec(v, size, padded, dtype):
     return pad_to(jnp.broadcast_to(jnp.asarray(v, dtype).reshape(-1), (size,)), (padded,))
 
+  a_zero, w_colsum, bias = epilogue.a_zero, epilogue.w_colsum, epilogue.bias
+  lowrank_x, lowrank_l2 = epilogue.lowrank_x, epilogue.lowrank_l2
   if (a_zero is None) != (w_colsum is None):
     raise ValueError("a_zero and w_colsum go together")
   if (lowrank_x is None) != (lowrank_l2 is None):
@@ -93,8 +102,8 @@ def prepare_epilogue(
   # Triton tiles are powers of two (>= 16 for its dots): the rank is zero-padded to one.
   rank = None if lowrank_x is None else max(16, pl.next_power_of_2(lowrank_x.shape[1]))
   return Epilogue(
-    a_scale=vec(a_scale, m, mp, jnp.float32)[:, None],
-    w_scale=vec(w_scale, n, np_, jnp.float32)[None, :],
+    a_scale=vec(epilogue.a_scale, m, mp, jnp.float32)[:, None],
+    w_scale=vec(epilogue.w_scale, n, np_, jnp.float32)[None, :],
     a_zero=None if a_zero is None else vec(a_zero, m, mp, jnp.int32)[:, None],
     w_colsum=None if w_colsum is None else vec(w_colsum, n, np_, jnp.int32)[None, :],
     bias=None if bias is None else vec(bias, n, np_, jnp.float32)[None, :],
@@ -104,7 +113,8 @@ def prepare_epilogue(
 
 
 def epilogue_specs(ep: Epilogue, bm: int, bn: int):
-  """BlockSpecs over the (i, j) output-tile grid, in `Epilogue.arrays()` order."""
+  """BlockSpecs over the (i, j) output-tile grid of a prepared epilogue, in the order of its
+  leaves (``jax.tree_util.tree_leaves(ep)``: the fields that are not None)."""
   row = lambda width: pl.BlockSpec((bm, width), lambda i, j: (i, 0))
   col = lambda height: pl.BlockSpec((height, bn), lambda i, j: (0, j))
   specs = [row(1), col(1)]
@@ -118,16 +128,33 @@ def epilogue_specs(ep: Epilogue, bm: int, bn: int):
   return specs
 
 
-def epilogue_from_refs(refs, *, has_zero, has_bias, has_lowrank):
-  values = iter(r[...] for r in refs)
-  kw = dict(a_scale=next(values), w_scale=next(values))
-  if has_zero:
-    kw.update(a_zero=next(values), w_colsum=next(values))
-  if has_bias:
-    kw.update(bias=next(values))
-  if has_lowrank:
-    kw.update(lowrank_x=next(values), lowrank_l2=next(values))
-  return kw
+def epilogue_pallas_call(
+  name, kernel, operands, operand_specs, ep: Epilogue, tile, blocks, interpret, out_dtype
+):
+  """``pl.pallas_call`` named ``name`` over the (i, j) grid of ``tile`` = (bm, bn) output tiles
+  of the prepared epilogue ``ep``'s [Mp, Np], compiled with ``blocks``' warps and stages:
+  ``kernel(*operand_refs, *epilogue_refs, o_ref, epilogue_tree, out_dtype)`` reads its epilogue
+  tiles back with `epilogue_from_refs`."""
+  bm, bn = tile
+  leaves, tree = jax.tree_util.tree_flatten(ep)
+  mp, np_ = ep.a_scale.shape[0], ep.w_scale.shape[1]
+  return pl.pallas_call(
+    functools.partial(kernel, epilogue_tree=tree, out_dtype=out_dtype),
+    out_shape=jax.ShapeDtypeStruct((mp, np_), out_dtype),
+    grid=(mp // bm, np_ // bn),
+    in_specs=[*operand_specs, *epilogue_specs(ep, bm, bn)],
+    out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
+    interpret=interpret,
+    compiler_params=triton_params(
+      interpret, num_warps=blocks.num_warps, num_stages=blocks.num_stages
+    ),
+    name=name,
+  )(*operands, *leaves)
+
+
+def epilogue_from_refs(refs, epilogue_tree) -> Epilogue:
+  """The epilogue tiles read from the kernel's refs (the leaves of `epilogue_pallas_call`'s)."""
+  return jax.tree_util.tree_unflatten(epilogue_tree, [r[...] for r in refs])
 
 
 def dot_nt(a, b):
@@ -135,9 +162,7 @@ def dot_nt(a, b):
   return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32)
 
 
-def _gemm_kernel(
-  x_ref, w_ref, *refs, block_k, k_steps, packed_int4, has_zero, has_bias, has_lowrank, out_dtype
-):
+def _gemm_kernel(x_ref, w_ref, *refs, block_k, k_steps, packed_int4, epilogue_tree, out_dtype):
   *epilogue_refs, o_ref = refs
   bm, bn = o_ref.shape
   half = block_k // 2
@@ -154,13 +179,8 @@ def _gemm_kernel(
     return acc + dot_nt(x_ref[:, k_slice], w_ref[:, k_slice])
 
   acc = lax.fori_loop(0, k_steps, k_step, jnp.zeros((bm, bn), jnp.int32))
-  o_ref[...] = gemm_epilogue(
-    acc,
-    **epilogue_from_refs(
-      epilogue_refs, has_zero=has_zero, has_bias=has_bias, has_lowrank=has_lowrank
-    ),
-    out_dtype=out_dtype,
-  )
+  ep = epilogue_from_refs(epilogue_refs, epilogue_tree)
+  o_ref[...] = gemm_epilogue(acc, ep, out_dtype=out_dtype)
 
 
 def triton_params(interpret: bool, *, num_warps: int, num_stages: int | None = None):
@@ -188,20 +208,14 @@ def pick_block(dim: int, preferred: int, minimum: int = 16) -> int:
 def int_matmul_pallas(
   xq,
   w,
+  epilogue: Epilogue,
   *,
-  a_scale,
-  w_scale,
-  a_zero=None,
-  w_colsum=None,
-  bias=None,
-  lowrank_x=None,
-  lowrank_l2=None,
   out_dtype=jnp.float32,
   blocks: GemmBlocks = GemmBlocks(),
   interpret: bool = False,
 ):
   """Pallas integer GEMM: ``xq`` int8 [M, K], ``w`` int8 [N, K] or packed uint8 [N, ceil(K/2)],
-  epilogue operands as in the module docstring -> ``out_dtype`` [M, N].
+  ``epilogue`` an `Epilogue` -> ``out_dtype`` [M, N].
 
   Grid ``(ceil(M/bm), ceil(N/bn))``; program (i, j) reads xq [bm, Kp] and w [bn, Kp] (int8) or
   [bn, Kp/2] (packed uint8) and loops over K in ``block_k`` steps with an int32 [bm, bn]
@@ -218,45 +232,14 @@ def int_matmul_pallas(
   xq = pad_to(xq, (mp, kp))
   w_width = kp // 2 if packed_int4 else kp
   w = pad_to(w, (np_, w_width))
-  ep = prepare_epilogue(
-    m,
-    n,
-    mp,
-    np_,
-    a_scale=a_scale,
-    w_scale=w_scale,
-    a_zero=a_zero,
-    w_colsum=w_colsum,
-    bias=bias,
-    lowrank_x=lowrank_x,
-    lowrank_l2=lowrank_l2,
-  )
-  kernel = functools.partial(
-    _gemm_kernel,
-    block_k=bk,
-    k_steps=kp // bk,
-    packed_int4=packed_int4,
-    has_zero=ep.a_zero is not None,
-    has_bias=ep.bias is not None,
-    has_lowrank=ep.lowrank_x is not None,
-    out_dtype=out_dtype,
-  )
-  y = pl.pallas_call(
-    kernel,
-    out_shape=jax.ShapeDtypeStruct((mp, np_), out_dtype),
-    grid=(mp // bm, np_ // bn),
-    in_specs=[
-      pl.BlockSpec((bm, kp), lambda i, j: (i, 0)),
-      pl.BlockSpec((bn, w_width), lambda i, j: (j, 0)),
-      *epilogue_specs(ep, bm, bn),
-    ],
-    out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
-    interpret=interpret,
-    compiler_params=triton_params(
-      interpret, num_warps=blocks.num_warps, num_stages=blocks.num_stages
-    ),
-    name="int4_gemm" if packed_int4 else "int8_gemm",
-  )(xq, w, *ep.arrays())
+  ep = prepare_epilogue(epilogue, m, n, mp, np_)
+  kernel = functools.partial(_gemm_kernel, block_k=bk, k_steps=kp // bk, packed_int4=packed_int4)
+  specs = [
+    pl.BlockSpec((bm, kp), lambda i, j: (i, 0)),
+    pl.BlockSpec((bn, w_width), lambda i, j: (j, 0)),
+  ]
+  name = "int4_gemm" if packed_int4 else "int8_gemm"
+  y = epilogue_pallas_call(name, kernel, (xq, w), specs, ep, (bm, bn), blocks, interpret, out_dtype)
   return y[:m, :n]
 
 
@@ -264,14 +247,8 @@ def int_matmul_pallas(
 def int_matmul_xla(
   xq,
   w,
+  epilogue: Epilogue,
   *,
-  a_scale,
-  w_scale,
-  a_zero=None,
-  w_colsum=None,
-  bias=None,
-  lowrank_x=None,
-  lowrank_l2=None,
   out_dtype=jnp.float32,
 ):
   """XLA integer GEMM: ``lax.dot_general`` int8 x int8 -> int32 (cuBLASLt IMMA on GPU, weights
@@ -279,17 +256,6 @@ def int_matmul_xla(
   weights are unpacked to int8 [N, K] first (a separate XLA fusion)."""
   m, k = xq.shape
   w = unpack_weight(w, k)
-  ep = prepare_epilogue(
-    m,
-    w.shape[0],
-    m,
-    w.shape[0],
-    a_scale=a_scale,
-    w_scale=w_scale,
-    a_zero=a_zero,
-    w_colsum=w_colsum,
-    bias=bias,
-    lowrank_x=lowrank_x,
-    lowrank_l2=lowrank_l2,
-  )
-  return gemm_epilogue(dot_nt(xq, w), **ep.as_kwargs(), out_dtype=out_dtype)
+  n = w.shape[0]
+  ep = prepare_epilogue(epilogue, m, n, m, n)
+  return gemm_epilogue(dot_nt(xq, w), ep, out_dtype=out_dtype)

@@ -1,8 +1,8 @@
 """W8A8 GEMM for Hopper GPUs on Pallas Mosaic GPU (TMA pipeline + int8 ``wgmma``).
 
 Operands: ``xq`` int8 [M, K] row-major; ``w`` int8 [N, K], K contiguous (the K-major B operand int8
-``wgmma`` requires; packed int4 is not supported); ``a_scale`` f32 [M] or scalar; ``w_scale`` f32
-[N] or scalar; ``bias`` f32 [N] or None -> ``out_dtype`` [M, N]:
+``wgmma`` requires; packed int4 is not supported); ``epilogue`` a `gemm.Epilogue` with scales and
+bias only -> ``out_dtype`` [M, N]:
 
     y = f32(xq @ W^T) * a_scale * w_scale + bias
 
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from quantface_jax.kernels.gemm import pad_to, prepare_epilogue, round_up
+from quantface_jax.kernels.gemm import Epilogue, pad_to, prepare_epilogue, round_up
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -89,14 +89,8 @@ def _mosaic_kernel(
 def int_matmul_mosaic(
   xq,
   w,
+  epilogue: Epilogue,
   *,
-  a_scale,
-  w_scale,
-  a_zero=None,
-  w_colsum=None,
-  bias=None,
-  lowrank_x=None,
-  lowrank_l2=None,
   out_dtype=jnp.float32,
   blocks: MosaicBlocks = MosaicBlocks(),
 ):
@@ -111,25 +105,14 @@ def int_matmul_mosaic(
 
   if w.dtype != jnp.int8:
     raise ValueError("mosaic backend takes int8 [N, K] weights only (W8A8)")
-  if a_zero is not None or lowrank_x is not None:
+  if epilogue.a_zero is not None or epilogue.lowrank_x is not None:
     raise ValueError("mosaic backend fuses scales and bias only")
   m, k = xq.shape
   n = w.shape[0]
   mp, np_ = round_up(m, blocks.tile_m), round_up(n, blocks.tile_n)
   kp = round_up(k, blocks.tile_k)
-  ep = prepare_epilogue(
-    m,
-    n,
-    mp,
-    np_,
-    a_scale=a_scale,
-    w_scale=w_scale,
-    a_zero=None,
-    w_colsum=None,
-    bias=0.0 if bias is None else bias,
-    lowrank_x=None,
-    lowrank_l2=None,
-  )
+  bias = 0.0 if epilogue.bias is None else epilogue.bias  # the kernel always adds one
+  ep = prepare_epilogue(epilogue._replace(bias=bias), m, n, mp, np_)
   out_bits = jnp.dtype(out_dtype).itemsize * 8
   out_swizzle = plgpu.find_swizzle(blocks.tile_n * out_bits)
   out_elems = out_swizzle * 8 // out_bits

@@ -9,44 +9,38 @@ evaluation differs in the last bit). The integer parts of the references are ind
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+if TYPE_CHECKING:  # gemm imports this module
+  from quantface_jax.kernels.gemm import Epilogue
 
-def gemm_epilogue(
-  acc,
-  a_scale,
-  w_scale,
-  *,
-  a_zero=None,
-  w_colsum=None,
-  bias=None,
-  lowrank_x=None,
-  lowrank_l2=None,
-  out_dtype=jnp.float32,
-):
+
+def gemm_epilogue(acc, ep: Epilogue, *, out_dtype=jnp.float32):
   """int32 accumulator tile -> output tile.
 
-  Shapes (tile or full array): ``acc`` int32 [m, n] (or f32 holding the integers: the XLA conv);
-  ``a_scale`` f32 [m, 1]; ``w_scale`` f32 [1, n]; ``a_zero`` int32 [m, 1]; ``w_colsum`` int32
-  [1, n] (= sum_k W[k, n]); ``bias`` f32 [1, n]; ``lowrank_x`` f32 [m, r] (= x_fp @ L1, computed
-  outside); ``lowrank_l2`` f32 [r, n].
+  ``acc`` int32 [m, n] (or f32 holding the integers: the XLA conv); ``ep`` an `gemm.Epilogue` in
+  its 2-D form (tile or full array): ``a_scale`` f32 [m, 1], ``w_scale`` f32 [1, n], ``a_zero``
+  int32 [m, 1], ``w_colsum`` int32 [1, n], ``bias`` f32 [1, n], ``lowrank_x`` f32 [m, r],
+  ``lowrank_l2`` f32 [r, n].
 
       y = f32(acc - a_zero * w_colsum) * a_scale * w_scale + bias + lowrank_x @ lowrank_l2
 
   The zero-point correction is exact int32 arithmetic for an int32 ``acc`` (float32 for an f32
   one: exact while the values stay below 2**24); everything after it is float32.
   """
-  if a_zero is not None:
-    acc = acc - a_zero * w_colsum
-  y = acc.astype(jnp.float32) * a_scale * w_scale
-  if bias is not None:
-    y = y + bias
-  if lowrank_x is not None:
+  if ep.a_zero is not None:
+    acc = acc - ep.a_zero * ep.w_colsum
+  y = acc.astype(jnp.float32) * ep.a_scale * ep.w_scale
+  if ep.bias is not None:
+    y = y + ep.bias
+  if ep.lowrank_x is not None:
     y = y + lax.dot_general(
-      lowrank_x, lowrank_l2, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32
+      ep.lowrank_x, ep.lowrank_l2, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32
     )
   return y.astype(out_dtype)
 
@@ -78,22 +72,9 @@ def _unpack_int4_np(packed: np.ndarray, k: int) -> np.ndarray:
   return (nibbles.astype(np.int8) - 16 * (nibbles >= 8)).astype(np.int8)[..., :k]
 
 
-def int_matmul_ref(
-  xq,
-  w_stored,
-  *,
-  a_scale,
-  w_scale,
-  a_zero=None,
-  w_colsum=None,
-  bias=None,
-  lowrank_x=None,
-  lowrank_l2=None,
-  out_dtype=jnp.float32,
-):
+def int_matmul_ref(xq, w_stored, epilogue: Epilogue, *, out_dtype=jnp.float32):
   """Reference of `int_matmul`: ``xq`` int8 [M, K]; ``w_stored`` int8 [N, K] or packed uint8
-  [N, ceil(K/2)]; scales f32 [M] / [N] or scalars; ``a_zero`` int32 [M] or scalar; ``w_colsum``
-  int32 [N]; ``bias`` [N]; ``lowrank_x`` [M, r]; ``lowrank_l2`` [r, N] -> ``out_dtype`` [M, N]."""
+  [N, ceil(K/2)]; ``epilogue`` as for the kernels -> ``out_dtype`` [M, N]."""
   xq = np.asarray(xq)
   m, k = xq.shape
   w = np.asarray(w_stored)
@@ -101,17 +82,17 @@ def int_matmul_ref(
   acc = jnp.asarray((xq.astype(np.int64) @ w.T.astype(np.int64)).astype(np.int32))
   n = acc.shape[1]
   col = lambda v, size, dt: jnp.broadcast_to(jnp.asarray(v, dt).reshape(-1), (size,))
-  return _gemm_epilogue_jit(
-    acc,
-    col(a_scale, m, jnp.float32)[:, None],
-    col(w_scale, n, jnp.float32)[None, :],
-    a_zero=None if a_zero is None else col(a_zero, m, jnp.int32)[:, None],
-    w_colsum=None if w_colsum is None else col(w_colsum, n, jnp.int32)[None, :],
-    bias=None if bias is None else col(bias, n, jnp.float32)[None, :],
-    lowrank_x=None if lowrank_x is None else _pad_rank(jnp.asarray(lowrank_x, jnp.float32), 1),
-    lowrank_l2=None if lowrank_l2 is None else _pad_rank(jnp.asarray(lowrank_l2, jnp.float32), 0),
-    out_dtype=out_dtype,
+  optional = lambda v, convert: None if v is None else convert(v)
+  ep = epilogue._replace(
+    a_scale=col(epilogue.a_scale, m, jnp.float32)[:, None],
+    w_scale=col(epilogue.w_scale, n, jnp.float32)[None, :],
+    a_zero=optional(epilogue.a_zero, lambda v: col(v, m, jnp.int32)[:, None]),
+    w_colsum=optional(epilogue.w_colsum, lambda v: col(v, n, jnp.int32)[None, :]),
+    bias=optional(epilogue.bias, lambda v: col(v, n, jnp.float32)[None, :]),
+    lowrank_x=optional(epilogue.lowrank_x, lambda v: _pad_rank(jnp.asarray(v, jnp.float32), 1)),
+    lowrank_l2=optional(epilogue.lowrank_l2, lambda v: _pad_rank(jnp.asarray(v, jnp.float32), 0)),
   )
+  return _gemm_epilogue_jit(acc, ep, out_dtype=out_dtype)
 
 
 def silu(y):
@@ -185,23 +166,11 @@ def quantize_act_ref(x, smooth, rotation, bits, prologue=None):
   return quantize_with_scale(rotated, scale, qmax), scale[:, 0]
 
 
-def int_conv2d_ref(
-  xq,
-  wq,
-  *,
-  a_scale,
-  w_scale,
-  bias=None,
-  a_zero=None,
-  lowrank_x=None,
-  lowrank_l2=None,
-  stride=1,
-  padding=1,
-  out_dtype=jnp.float32,
-):
+def int_conv2d_ref(xq, wq, epilogue: Epilogue, *, stride=1, padding=1, out_dtype=jnp.float32):
   """Reference conv: ``xq`` int8 NHWC, ``wq`` int8 HWIO; zero padding in the *real* domain (pads
-  with the code ``a_zero``); per-tensor ``a_scale``/``a_zero``, per-C_out ``w_scale``; optional
-  low-rank term ``lowrank_x`` [B*Ho*Wo, r] @ ``lowrank_l2`` [r, C_out] -> NHWC."""
+  with the code ``a_zero``); ``epilogue`` as for the kernels, with per-tensor ``a_scale`` /
+  ``a_zero`` (``w_colsum`` is not read: the zero point is subtracted from the codes) -> NHWC."""
+  a_zero = epilogue.a_zero
   xq = np.asarray(xq).astype(np.int64)
   wq = np.asarray(wq).astype(np.int64)
   kh, kw, _, c_out = wq.shape
@@ -215,15 +184,14 @@ def int_conv2d_ref(
       tap = xp[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
       acc += (tap - zp) @ wq[i, j]
   acc = jnp.asarray(acc.astype(np.int32)).reshape(-1, c_out)
-  y = _gemm_epilogue_jit(
-    acc,
-    jnp.asarray(a_scale, jnp.float32).reshape(1, 1),
-    jnp.asarray(w_scale, jnp.float32).reshape(1, c_out),
-    bias=None if bias is None else jnp.asarray(bias, jnp.float32)[None, :],
-    lowrank_x=lowrank_x,
-    lowrank_l2=lowrank_l2,
-    out_dtype=out_dtype,
+  ep = epilogue._replace(
+    a_scale=jnp.asarray(epilogue.a_scale, jnp.float32).reshape(1, 1),
+    w_scale=jnp.asarray(epilogue.w_scale, jnp.float32).reshape(1, c_out),
+    a_zero=None,
+    w_colsum=None,
+    bias=None if epilogue.bias is None else jnp.asarray(epilogue.bias, jnp.float32)[None, :],
   )
+  y = _gemm_epilogue_jit(acc, ep, out_dtype=out_dtype)
   return y.reshape(n, ho, wo, c_out)
 
 

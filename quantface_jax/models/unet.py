@@ -289,18 +289,17 @@ class UNet2DConditionModel(nnx.Module):
     self.conv_in = Conv2d(cfg.in_channels, ch[0], 3, padding=1, rngs=rngs)
     self.time_embedding = TimestepEmbedding(ch[0], cfg.time_embed_dim, rngs=rngs)
 
+    def block(i, kind, io, block_heads, resample):
+      # Cross-attention only in CrossAttn* blocks; every level but the innermost resamples.
+      attn_heads = block_heads if kind.startswith("CrossAttn") else None
+      return UNetBlock(
+        io, cfg=cfg, heads=attn_heads, resample=resample if i < n - 1 else None, rngs=rngs
+      )
+
     down = []
     for i, kind in enumerate(cfg.down_block_types):
       io = [(ch[max(i - 1, 0)] if j == 0 else ch[i], ch[i]) for j in range(cfg.layers_per_block)]
-      down.append(
-        UNetBlock(
-          io,
-          cfg=cfg,
-          heads=heads[i] if kind.startswith("CrossAttn") else None,
-          resample="down" if i < n - 1 else None,
-          rngs=rngs,
-        )
-      )
+      down.append(block(i, kind, io, heads[i], "down"))
     self.down_blocks = nnx.List(down)
     self.mid_block = UNetMidBlock2DCrossAttn(ch[-1], cfg=cfg, heads=heads[-1], rngs=rngs)
 
@@ -313,15 +312,7 @@ class UNet2DConditionModel(nnx.Module):
         ((prev if j == 0 else out) + (skip_in if j == layers - 1 else out), out)
         for j in range(layers)
       ]
-      up.append(
-        UNetBlock(
-          io,
-          cfg=cfg,
-          heads=rheads[i] if kind.startswith("CrossAttn") else None,
-          resample="up" if i < n - 1 else None,
-          rngs=rngs,
-        )
-      )
+      up.append(block(i, kind, io, rheads[i], "up"))
     self.up_blocks = nnx.List(up)
     self.conv_norm_out = GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
     self.conv_out = Conv2d(ch[0], cfg.out_channels, 3, padding=1, rngs=rngs)

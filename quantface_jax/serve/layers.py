@@ -179,13 +179,15 @@ class _IntLayer(nnx.Module):
     codes = quantize_static(xh, self.a_scale[...], self.a_zero[...], bits)
     return codes, self.a_scale[...], self.a_zero[...] if self._has_zero_point else None
 
-  def _epilogue(self, lowrank_x: jax.Array | None) -> dict:
-    """The epilogue operands of ``kernels.int_matmul`` / ``int_conv2d`` besides the activation's."""
+  def _epilogue(self, a_scale, a_zero, lowrank_x: jax.Array | None) -> kernels.Epilogue:
+    """The epilogue operands of ``kernels.int_matmul`` / ``int_conv2d``."""
     value = lambda v: None if v is None else v[...]
-    return dict(
+    return kernels.Epilogue(
+      a_scale=a_scale,
       w_scale=self.w_scale[...],
-      bias=value(self.bias),
+      a_zero=a_zero,
       w_colsum=value(self.w_colsum),
+      bias=value(self.bias),
       lowrank_x=lowrank_x,
       lowrank_l2=None if lowrank_x is None else self.low_rank_up[...],
     )
@@ -199,11 +201,9 @@ class _IntLayer(nnx.Module):
     return kernels.int_matmul(
       xq,
       self.weight[...],
-      a_scale=a_scale,
-      a_zero=a_zero,
+      self._epilogue(a_scale, a_zero, lowrank_x),
       out_dtype=xh.dtype,
       backend=self.backend,
-      **self._epilogue(lowrank_x),
     )
 
 
@@ -237,23 +237,23 @@ class IntConv2d(_IntLayer):
       return kernels.int_conv2d(
         xq,
         weight.T.reshape(spec.kernel_shape),
-        a_scale=a_scale,
-        a_zero=a_zero,
+        self._epilogue(a_scale, a_zero, lowrank_x),
         stride=spec.stride,
         padding=0,
         out_dtype=x.dtype,
         backend=self.backend,
-        **self._epilogue(lowrank_x),
       )
     codes, (b, ho, wo) = im2col(jnp.pad(xq, pad), kh, kw, spec.stride)  # padding: code 0
     scales, _ = im2col(jnp.pad(a_scale, pad[:3])[..., None], kh, kw, spec.stride)
     y = None
     for tap in range(kh * kw):  # per-pixel scales: one GEMM per tap, bias/low-rank in the first
       cols = slice(tap * c_in, (tap + 1) * c_in)
-      epilogue = self._epilogue(lowrank_x) if tap == 0 else dict(w_scale=self.w_scale[...])
-      part = kernels.int_matmul(
-        codes[:, cols], weight[:, cols], a_scale=scales[:, tap], backend=self.backend, **epilogue
+      epilogue = (
+        self._epilogue(scales[:, tap], None, lowrank_x)
+        if tap == 0
+        else kernels.Epilogue(a_scale=scales[:, tap], w_scale=self.w_scale[...])
       )
+      part = kernels.int_matmul(codes[:, cols], weight[:, cols], epilogue, backend=self.backend)
       y = part if y is None else y + part
     return y.astype(x.dtype).reshape(b, ho, wo, c_out)
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from quantface_jax.kernels import pack_weight
+from quantface_jax.kernels import Epilogue, pack_weight
 from quantface_jax.kernels.conv import int_conv2d_implicit
 from quantface_jax.kernels.gemm import int_matmul_pallas
 from quantface_jax.kernels.mosaic import int_matmul_mosaic
@@ -50,7 +50,7 @@ def test_int_matmul_lowers_to_triton_with_full_epilogue(int4, r):
   m, k, n = 100, 256, 192
   codes_kn = np.random.default_rng(0).integers(-7, 8, (k, n)).astype(np.int8)
   w_stored = pack_weight(codes_kn, 4 if int4 else 8)
-  epilogue = dict(
+  epilogue = Epilogue(
     a_scale=jnp.ones(m),
     w_scale=jnp.ones(n),
     a_zero=jnp.zeros(m, jnp.int32),
@@ -60,7 +60,7 @@ def test_int_matmul_lowers_to_triton_with_full_epilogue(int4, r):
     lowrank_l2=jnp.zeros((r, n)),
   )
   text = _lower_for_cuda(
-    lambda x: int_matmul_pallas(x, w_stored, **epilogue), jnp.zeros((m, k), jnp.int8)
+    lambda x: int_matmul_pallas(x, w_stored, epilogue), jnp.zeros((m, k), jnp.int8)
   )
   assert "triton" in text
 
@@ -69,7 +69,10 @@ def test_int_matmul_lowers_to_mosaic_gpu():
   m, k, n = 256, 384, 256
   text = _lower_for_cuda(
     lambda x, w: int_matmul_mosaic(
-      x, w, a_scale=jnp.ones(m), w_scale=jnp.ones(n), bias=jnp.zeros(n), out_dtype=jnp.bfloat16
+      x,
+      w,
+      Epilogue(a_scale=jnp.ones(m), w_scale=jnp.ones(n), bias=jnp.zeros(n)),
+      out_dtype=jnp.bfloat16,
     ),
     jnp.zeros((m, k), jnp.int8),
     jnp.zeros((n, k), jnp.int8),
@@ -83,10 +86,7 @@ def test_implicit_conv_lowers_to_triton():
     lambda x, w: int_conv2d_implicit(
       x,
       w,
-      a_scale=0.1,
-      w_scale=jnp.ones(c_out),
-      bias=jnp.zeros(c_out),
-      a_zero=jnp.int32(2),
+      Epilogue(a_scale=0.1, w_scale=jnp.ones(c_out), bias=jnp.zeros(c_out), a_zero=jnp.int32(2)),
       out_dtype=jnp.bfloat16,
     ),
     jnp.zeros((2, 20, 20, c_in), jnp.int8),

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from quantface_jax.kernels import GemmBlocks, int_conv2d, int_conv2d_implicit
+from quantface_jax.kernels import Epilogue, GemmBlocks, int_conv2d, int_conv2d_implicit
 from quantface_jax.kernels.reference import int_conv2d_ref
 
 
@@ -16,22 +16,22 @@ def test_int_conv2d_exact(backend, stride, padding, zero):
   rng = np.random.default_rng()
   xq = rng.integers(-128, 128, (2, 9, 11, 12)).astype(np.int8)
   wq = rng.integers(-8, 8, (3, 3, 12, 20)).astype(np.int8)
-  kw = dict(
+  epilogue = Epilogue(
     a_scale=np.float32(rng.uniform(0.01, 0.1)),
     w_scale=rng.uniform(0.001, 0.01, 20).astype(np.float32),
     bias=rng.standard_normal(20).astype(np.float32),
     a_zero=np.int32(rng.integers(-5, 6)) if zero else None,
   )
-  ref = np.asarray(int_conv2d_ref(xq, wq, stride=stride, padding=padding, **kw))
+  ref = np.asarray(int_conv2d_ref(xq, wq, epilogue, stride=stride, padding=padding))
   got = np.asarray(
     int_conv2d(
       jnp.asarray(xq),
       jnp.asarray(wq),
+      epilogue,
       stride=stride,
       padding=padding,
       backend=backend,
       blocks=GemmBlocks(block_m=64, block_n=32),
-      **kw,
     )
   )
   assert got.shape == ref.shape
@@ -45,7 +45,7 @@ def test_xla_conv_has_the_cudnn_int8_idiom():
   wq = jnp.zeros((3, 3, 16, 8), jnp.int8)
   jaxpr = jax.make_jaxpr(
     lambda x, w: int_conv2d(
-      x, w, a_scale=1.0, w_scale=jnp.ones(8), a_zero=jnp.int32(3), backend="xla"
+      x, w, Epilogue(a_scale=1.0, w_scale=jnp.ones(8), a_zero=jnp.int32(3)), backend="xla"
     )
   )(xq, wq).jaxpr
 
@@ -82,7 +82,7 @@ def test_implicit_conv_exact_with_full_epilogue(b, h, w, c_in, c_out, k, padding
   xq = rng.integers(-128, 128, (b, h, w, c_in)).astype(np.int8)
   wq = rng.integers(-8, 8, (k, k, c_in, c_out)).astype(np.int8)
   ho, wo = h + 2 * padding - k + 1, w + 2 * padding - k + 1
-  kw = dict(
+  epilogue = Epilogue(
     a_scale=np.float32(0.05),
     w_scale=rng.uniform(0.001, 0.01, c_out).astype(np.float32),
     bias=rng.standard_normal(c_out).astype(np.float32),
@@ -90,11 +90,11 @@ def test_implicit_conv_exact_with_full_epilogue(b, h, w, c_in, c_out, k, padding
     lowrank_x=rng.standard_normal((b * ho * wo, 5)).astype(np.float32),
     lowrank_l2=rng.standard_normal((5, c_out)).astype(np.float32),
   )
-  ref = np.asarray(int_conv2d_ref(xq, wq, stride=1, padding=padding, **kw))
+  ref = np.asarray(int_conv2d_ref(xq, wq, epilogue, stride=1, padding=padding))
   for blocks in (GemmBlocks(block_m=32, block_n=16, block_k=16), GemmBlocks()):
     got = np.asarray(
       int_conv2d_implicit(
-        jnp.asarray(xq), jnp.asarray(wq), padding=padding, blocks=blocks, interpret=True, **kw
+        jnp.asarray(xq), jnp.asarray(wq), epilogue, padding=padding, blocks=blocks, interpret=True
       )
     )
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-5)
@@ -105,7 +105,7 @@ def test_implicit_conv_refuses_inputs_beyond_int32_offsets():
   with pytest.raises(ValueError, match="64-bit"):
     jax.eval_shape(
       lambda x: int_conv2d_implicit(
-        x, jnp.zeros((3, 3, 4, 8), jnp.int8), a_scale=1.0, w_scale=jnp.ones(8)
+        x, jnp.zeros((3, 3, 4, 8), jnp.int8), Epilogue(a_scale=1.0, w_scale=jnp.ones(8))
       ),
       big,
     )

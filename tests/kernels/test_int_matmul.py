@@ -2,7 +2,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from quantface_jax.kernels import GemmBlocks, int_matmul, pack_weight
+from quantface_jax.kernels import Epilogue, GemmBlocks, int_matmul, pack_weight
 from quantface_jax.kernels.reference import int_matmul_ref
 
 SMALL = GemmBlocks(block_m=32, block_n=32, block_k=32)
@@ -34,12 +34,12 @@ def _problem(m, k, n, variant, *, per_token=True, zero=False, bias=False, rank=0
       lowrank_x=rng.standard_normal((m, rank)).astype(np.float32),
       lowrank_l2=rng.standard_normal((rank, n)).astype(np.float32),
     )
-  return _codes(rng, a_bits, (m, k)), pack_weight(jnp.asarray(w_codes), w_bits), kw
+  return _codes(rng, a_bits, (m, k)), pack_weight(jnp.asarray(w_codes), w_bits), Epilogue(**kw)
 
 
-def _check(xq, w, kw, backend, blocks=SMALL):
-  ref = np.asarray(int_matmul_ref(xq, w, **kw))
-  got = np.asarray(int_matmul(jnp.asarray(xq), w, backend=backend, blocks=blocks, **kw))
+def _check(xq, w, epilogue, backend, blocks=SMALL):
+  ref = np.asarray(int_matmul_ref(xq, w, epilogue))
+  got = np.asarray(int_matmul(jnp.asarray(xq), w, epilogue, backend=backend, blocks=blocks))
   np.testing.assert_array_equal(got, ref)
 
 
@@ -48,8 +48,8 @@ def _check(xq, w, kw, backend, blocks=SMALL):
 @pytest.mark.parametrize("m,k,n", [(77, 96, 48), (130, 99, 80)])
 def test_variants_full_epilogue_exact(backend, variant, m, k, n):
   """Odd M, K and N not multiples of the blocks (padded), zero points, bias, low-rank branch."""
-  xq, w, kw = _problem(m, k, n, variant, zero=True, bias=True, rank=5)
-  _check(xq, w, kw, backend)
+  xq, w, epilogue = _problem(m, k, n, variant, zero=True, bias=True, rank=5)
+  _check(xq, w, epilogue, backend)
 
 
 @pytest.mark.parametrize(
@@ -64,17 +64,17 @@ def test_variants_full_epilogue_exact(backend, variant, m, k, n):
   ],
 )
 def test_epilogue_terms_exact(epilogue):
-  xq, w, kw = _problem(40, 64, 64, "w4a8", **epilogue)
-  _check(xq, w, kw, "interpret")
+  xq, w, epilogue = _problem(40, 64, 64, "w4a8", **epilogue)
+  _check(xq, w, epilogue, "interpret")
 
 
 @pytest.mark.parametrize("k,n", [(320, 640), (640, 1280), (1024, 320)])
 @pytest.mark.parametrize("variant", ["w8a8", "w4a4"])
 def test_unet_shapes_exact(variant, k, n):
-  xq, w, kw = _problem(16, k, n, variant, bias=True)
-  _check(xq, w, kw, "interpret", GemmBlocks(block_m=16, block_n=128, block_k=64))
+  xq, w, epilogue = _problem(16, k, n, variant, bias=True)
+  _check(xq, w, epilogue, "interpret", GemmBlocks(block_m=16, block_n=128, block_k=64))
 
 
 def test_auto_backend_matches_reference():
-  xq, w, kw = _problem(33, 70, 24, "w4a8", zero=True, bias=True)
-  _check(xq, w, kw, "auto")
+  xq, w, epilogue = _problem(33, 70, 24, "w4a8", zero=True, bias=True)
+  _check(xq, w, epilogue, "auto")

@@ -10,8 +10,7 @@ from test_fp_stages import synthetic_faces
 from test_trainer import Interrupted, flat, interrupted_at
 
 from quantface_jax import checkpoint
-from quantface_jax.quant import qdlora
-from quantface_jax.quant import quant_layers
+from quantface_jax.quant import qdlora, quant_layers
 from quantface_jax.quant.export import load_quantized, weight_codes
 from quantface_jax.train import distill, fp_stages
 from quantface_jax.train.config_utils import apply_overrides, load_config_file

@@ -85,9 +85,14 @@ WORKER = textwrap.dedent("""
       state = program.state.replace(step=program.state.step + 2)  # past warmup: lr > 0
       lq = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
       share = lq[pid * 8 // count:(pid + 1) * 8 // count]
-      state, metrics = program.step(jax.device_put(state, program.state_sharding),
-                                    jax.device_put(program.frozen, program.frozen_sharding),
-                                    trainer.to_global({"lq": share}, program.batch_sharding))
+      args = (jax.device_put(state, program.state_sharding),
+              jax.device_put(program.frozen, program.frozen_sharding),
+              trainer.to_global({"lq": share}, program.batch_sharding))
+      step = program.step.lower(*args).compile()
+      if count > 1:  # gloo gives a late peer 30 s: start the step together, once both compiled
+        from jax._src import distributed as jax_distributed
+        jax_distributed.global_state.client.wait_at_barrier("distill_compiled", 600_000)
+      state, metrics = step(*args)
       params = jax.jit(lambda p: p, out_shardings=program.replicated)(state.params)
       os.makedirs(results, exist_ok=True)
       np.savez(os.path.join(results, f"params_{pid}.npz"), loss=float(metrics["loss"]),

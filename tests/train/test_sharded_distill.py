@@ -4,7 +4,8 @@ mesh here is one more minute-long compile of the distillation step).
 
 Fake quantization makes the step discontinuous: a different reduction order moves an activation by
 one float32 ulp, which can flip its code by a whole quantization step. On one CPU model the
-quantized step's loss differed by 4e-4 and its gradient norm by 0.9% between the meshes.
+quantized step's loss differed by 4e-4 and its gradient norm by 0.9% between the meshes; on
+another PTQ start of the same test, by 1.2% in the loss.
 So the float32-tolerance check runs with fake quantization off (the balanced student, perturbed so
 that it does not equal the teacher and the loss is no cancellation), and the quantized step, the
 same compiled program with the `enabled` flags set (they are data), gets the tolerance of a few
@@ -72,7 +73,7 @@ SCRIPT = textwrap.dedent("""
     _, q_ref_loss, q_ref_norm = results[(1, 1, "quantized")]
     _, q_loss, q_norm = results[(4, 2, "quantized")]
     assert abs(q_ref_loss - ref_loss) > 1e-3 * ref_loss, (q_ref_loss, ref_loss)  # the flags took effect
-    np.testing.assert_allclose(q_loss, q_ref_loss, rtol=2e-3)
+    np.testing.assert_allclose(q_loss, q_ref_loss, rtol=2e-2)
     np.testing.assert_allclose(q_norm, q_ref_norm, rtol=3e-2)
     print("OK", ref_loss, loss, ref_norm, norm, "quantized", q_ref_loss, q_loss, q_ref_norm, q_norm)
 """)
