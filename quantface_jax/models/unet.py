@@ -170,6 +170,19 @@ class Upsample2D(nnx.Module):
     return self.conv(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
 
 
+def _transformer(channels: int, heads: int, cfg, rngs: nnx.Rngs) -> Transformer2DModel:
+  """A block's cross-attention transformer, configured as the UNet's config says."""
+  return Transformer2DModel(
+    channels,
+    heads=heads,
+    context_dim=cfg.cross_attention_dim,
+    num_layers=cfg.transformer_layers_per_block,
+    groups=cfg.norm_num_groups,
+    linear_projection=cfg.use_linear_projection,
+    rngs=rngs,
+  )
+
+
 class UNetBlock(nnx.Module):
   """One down or up block: resnets, optional attentions after each, optional resampler.
 
@@ -190,22 +203,7 @@ class UNetBlock(nnx.Module):
     )
     self.resnets = nnx.List([ResnetBlock2D(i, o, **kw) for i, o in resnet_io])
     self.attentions = (
-      nnx.List(
-        [
-          Transformer2DModel(
-            o,
-            heads=heads,
-            context_dim=cfg.cross_attention_dim,
-            num_layers=cfg.transformer_layers_per_block,
-            groups=cfg.norm_num_groups,
-            linear_projection=cfg.use_linear_projection,
-            rngs=rngs,
-          )
-          for _, o in resnet_io
-        ]
-      )
-      if heads
-      else None
+      nnx.List([_transformer(o, heads, cfg, rngs) for _, o in resnet_io]) if heads else None
     )
     out = resnet_io[-1][1]
     self.downsamplers = nnx.List([Downsample2D(out, rngs=rngs)]) if resample == "down" else None
@@ -239,19 +237,7 @@ class UNetMidBlock2DCrossAttn(nnx.Module):
       temb_channels=cfg.time_embed_dim, groups=cfg.norm_num_groups, eps=cfg.norm_eps, rngs=rngs
     )
     self.resnets = nnx.List([ResnetBlock2D(channels, channels, **kw) for _ in range(2)])
-    self.attentions = nnx.List(
-      [
-        Transformer2DModel(
-          channels,
-          heads=heads,
-          context_dim=cfg.cross_attention_dim,
-          num_layers=cfg.transformer_layers_per_block,
-          groups=cfg.norm_num_groups,
-          linear_projection=cfg.use_linear_projection,
-          rngs=rngs,
-        )
-      ]
-    )
+    self.attentions = nnx.List([_transformer(channels, heads, cfg, rngs)])
 
   def __call__(self, x, temb, context):
     x = self.resnets[0](x, temb)
