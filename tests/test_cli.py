@@ -162,87 +162,40 @@ def test_whole_photo_upscale(tmp_path):
 
 
 @pytest.mark.parametrize(
-  "argv,named",
+  "command,named",
   [
+    ("restore --input /nonexistent --output OUT", "/nonexistent: no such file or folder"),
+    ("restore --ckpt /nonexistent --input IMG --output OUT", "/nonexistent"),
     (
-      ["restore", "--input", "/nonexistent", "--output", "OUT"],
-      "/nonexistent: no such file or folder",
-    ),
-    (["restore", "--ckpt", "/nonexistent", "--input", "IMG", "--output", "OUT"], "/nonexistent"),
-    (
-      ["restore", "--input", "IMG", "--output", "OUT", "--batch-size", "0"],
+      "restore --input IMG --output OUT --batch-size 0",
       "argument --batch-size: 0 is not a positive integer",
     ),
     (
-      [
-        "quantize",
-        "--ckpt",
-        "tiny",
-        "--recipe",
-        "rtn",
-        "--bits",
-        "W4A4",
-        "--calib",
-        "/nonexistent",
-        "--out",
-        "OUT",
-      ],
+      "quantize --ckpt tiny --recipe rtn --bits W4A4 --calib /nonexistent --out OUT",
       "/nonexistent: no such file or folder",
     ),
+    ("quantize --ckpt /nonexistent --recipe rtn --bits W4A4 --calib IMG --out OUT", "/nonexistent"),
     (
-      [
-        "quantize",
-        "--ckpt",
-        "/nonexistent",
-        "--recipe",
-        "rtn",
-        "--bits",
-        "W4A4",
-        "--calib",
-        "IMG",
-        "--out",
-        "OUT",
-      ],
-      "/nonexistent",
-    ),
-    (
-      ["quantize", "--ckpt", "tiny", "--recipe", "rtn", "--bits", "W4A4", "--out", "OUT"],
+      "quantize --ckpt tiny --recipe rtn --bits W4A4 --out OUT",
       "one of the arguments --calib --calib-lq is required",
     ),
     (
-      [
-        "quantize",
-        "--ckpt",
-        "tiny",
-        "--recipe",
-        "rtn",
-        "--bits",
-        "/nonexistent.json",
-        "--calib",
-        "IMG",
-        "--out",
-        "OUT",
-      ],
+      "quantize --ckpt tiny --recipe rtn --bits /nonexistent.json --calib IMG --out OUT",
       "/nonexistent.json",
     ),
-    (
-      ["convert", "--sd", "/nonexistent", "--osdface", "/nonexistent", "--out", "OUT"],
-      "/nonexistent",
-    ),
-    (["eval", "--ckpt", "tiny", "--lq", "/nonexistent", "--out", "OUT"], "/nonexistent"),
-    (["export", "/nonexistent", "--out", "OUT"], "/nonexistent"),
-    (["info", "/nonexistent"], "/nonexistent"),
-    (
-      ["allocate", "--ckpt", "tiny", "--calib-lq", "/nonexistent", "--out", "OUT.json"],
-      "/nonexistent",
-    ),
+    ("convert --sd /nonexistent --osdface /nonexistent --out OUT", "/nonexistent"),
+    ("eval --ckpt tiny --lq /nonexistent --out OUT", "/nonexistent"),
+    ("export /nonexistent --out OUT", "/nonexistent"),
+    ("info /nonexistent", "/nonexistent"),
+    ("allocate --ckpt tiny --calib-lq /nonexistent --out OUT.json", "/nonexistent"),
   ],
 )
-def test_errors_are_one_line_naming_the_path_or_value(argv, named, tmp_path, capsys):
+def test_errors_are_one_line_naming_the_path_or_value(command, named, tmp_path, capsys):
   image = tmp_path / "img.png"
   Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image)
   argv = [
-    str(image) if a == "IMG" else str(tmp_path / a) if a.startswith("OUT") else a for a in argv
+    str(image) if a == "IMG" else str(tmp_path / a) if a.startswith("OUT") else a
+    for a in command.split()
   ]
   rc = cli.main(argv)
   err = capsys.readouterr().err.strip()
