@@ -14,6 +14,28 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / "jax"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# LLVM at -O0: a quarter less compile time for the tiny programs, whose run time is negligible. It
+# changes float rounding (FMA contraction), so no test compares against values from another setting.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+
+def pytest_collection_modifyitems(items):
+  """The tests marked `slow` first: xdist hands tests out in this order, so the long ones start
+  early on both workers instead of leaving one worker alone at the end."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Each module's compiled programs are freed after it: a worker keeps the persistent cache on disk,
+  not every executable of the run in memory (which grew one worker past 8 GB)."""
+  yield
+  import gc
+
+  import jax
+
+  jax.clear_caches()
+  gc.collect()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The shipped `mini` meets its bar (issue 3) on the README's validation faces: it beats the LQ input
+"""The shipped `mini` meets its bar on the README's validation faces: it beats the LQ input
 by at least 2 dB PSNR and has a lower NIQE (faces 4000-4199, degradation seed 0, as `quantface eval`)."""
 
 import pytest

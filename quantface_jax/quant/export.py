@@ -26,6 +26,7 @@ unexpected or mis-shaped key raises, naming it. Version 1 QDIRs (float kernels) 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -115,15 +116,39 @@ def weight_codes(layer: QuantLinear | QuantConv2d) -> tuple[np.ndarray, np.ndarr
   w_bits = int(layer.w_bits[...])
   if not (bool(layer.enabled[...]) and layer.config.w_symmetric and 2 <= w_bits <= 8):
     return None
-  kernel = layer.kernel[...]
-  scale, zero = quantizers.qparams_from_range(
-    *quantizers.range_stats(kernel, **layer.config.weight_quantizer.layout),
-    w_bits,
-    symmetric=True,
-    clip_ratio=layer.w_clip[...],
-  )
-  codes = quantizers.quantize_int(kernel, scale, zero, w_bits, symmetric=True)
+  layout = layer.config.weight_quantizer.layout
+  codes, scale = _symmetric_codes(layer.kernel[...], layer.w_clip[...], w_bits, **layout)
   return np.asarray(codes, np.int8), np.asarray(scale, np.float32)
+
+
+# Compiled once per kernel shape and layout: a model's export is tens of small programs instead of
+# a thousand op-by-op dispatches. Widths are traced, as everywhere in the quantizers.
+@functools.partial(jax.jit, static_argnames=("granularity", "axis", "group_size"))
+def _symmetric_codes(kernel, clip_ratio, bits, *, granularity, axis, group_size):
+  layout = dict(granularity=granularity, axis=axis, group_size=group_size)
+  scale, zero = quantizers.qparams_from_range(
+    *quantizers.range_stats(kernel, **layout), bits, symmetric=True, clip_ratio=clip_ratio
+  )
+  return quantizers.quantize_int(kernel, scale, zero, bits, symmetric=True), scale
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "granularity", "axis", "group_size"))
+def _decoded_kernel(stored, scale, *, shape, granularity, axis, group_size):
+  """(R = codes·scale of ``shape``, its per-group absmax) from the GEMM storage format."""
+  codes = kernels.unpack_weight(stored, math.prod(shape[:-1])).T.reshape(shape)
+  kernel = quantizers.dequantize(codes, scale, 0.0)
+  layout = dict(granularity=granularity, axis=axis, group_size=group_size)
+  return kernel, quantizers.reduce_groups(jnp.abs(kernel), jnp.max, **layout)
+
+
+_pack_weight = jax.jit(kernels.pack_weight, static_argnums=1)
+
+
+@jax.jit
+def _symmetric_scale(absmax, bits, clip_ratio):
+  return quantizers.qparams_from_range(
+    -absmax, absmax, bits, symmetric=True, clip_ratio=clip_ratio
+  )[0]
 
 
 def _encode_kernels(model: OSDFace, tensors: dict[str, np.ndarray]) -> None:
@@ -136,7 +161,7 @@ def _encode_kernels(model: OSDFace, tensors: dict[str, np.ndarray]) -> None:
     codes, scale = encoded
     del tensors[f"{path}.kernel"], tensors[f"{path}.w_clip"]
     tensors[f"{path}.kernel_codes"] = np.asarray(
-      kernels.pack_weight(codes.reshape(-1, codes.shape[-1]), int(layer.w_bits[...]))
+      _pack_weight(codes.reshape(-1, codes.shape[-1]), int(layer.w_bits[...]))
     )
     tensors[f"{path}.kernel_scale"] = scale
 
@@ -156,11 +181,9 @@ def _decode_kernels(model: OSDFace, tensors: dict[str, np.ndarray], source: path
     k, n = math.prod(shape[:-1]), shape[-1]
     if stored.shape != ((n, -(-k // 2)) if bits <= 4 else (n, k)):
       raise ValueError(f"{source}: {key} has shape {stored.shape}, not that of W{bits} {shape}")
-    codes = np.asarray(kernels.unpack_weight(jnp.asarray(stored), k)).T.reshape(shape)
-    kernel = np.asarray(quantizers.dequantize(codes, scale, 0.0))
     layout = layer.config.weight_quantizer.layout
-    absmax = np.asarray(quantizers.reduce_groups(np.abs(kernel), jnp.max, **layout))
-    tensors[f"{path}.kernel"] = kernel
+    kernel, absmax = _decoded_kernel(stored, scale, shape=shape, **layout)
+    tensors[f"{path}.kernel"], absmax = np.asarray(kernel), np.asarray(absmax)
     tensors[f"{path}.w_clip"] = _exact_clip_ratio(absmax, scale, bits)
 
 
@@ -180,10 +203,7 @@ def _exact_clip_ratio(absmax: np.ndarray, scale: np.ndarray, bits: int) -> np.nd
     up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(0))
     candidates += [up, down]
   candidates = np.stack(candidates)
-  rebuilt, _ = quantizers.qparams_from_range(
-    -absmax, absmax, bits, symmetric=True, clip_ratio=candidates
-  )
-  exact = np.asarray(rebuilt) == scale
+  exact = np.asarray(_symmetric_scale(absmax, bits, candidates)) == scale
   first = np.argmax(exact, axis=0)  # the closest exact candidate (the guess when none is)
   ratio = np.take_along_axis(candidates, first[None], axis=0)[0]
   return np.where(positive, ratio, np.float32(1.0)).astype(np.float32)

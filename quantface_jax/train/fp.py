@@ -20,7 +20,11 @@ from quantface_jax.checkpoint import load_safetensors, save_safetensors
 from quantface_jax.models.configs import PRESETS
 from quantface_jax.models.osdface import OSDFace, build
 from quantface_jax.train import fp_stages
-from quantface_jax.train.mesh import maybe_initialize_distributed
+from quantface_jax.train.mesh import (
+  is_main_process,
+  maybe_initialize_distributed,
+  wait_for_all_processes,
+)
 from quantface_jax.train.trainer import FitResult, fit
 
 
@@ -101,9 +105,13 @@ def train_fp(
     stage = builders[name](model, config, stream, val)
     results[name] = fit(stage, scfg, workdir)
     # Every stage hands the next the model as stored, so a resumed run continues from the same bits.
-    save_safetensors(model, stage_dir(name), dtype=jnp.dtype(config.stage_export_dtype))
+    # Every process holds the same model: process 0 writes it, the others read it once written.
+    if is_main_process():
+      save_safetensors(model, stage_dir(name), dtype=jnp.dtype(config.stage_export_dtype))
+    wait_for_all_processes(f"stage {name} saved")
     model = load_safetensors(stage_dir(name))
     if on_stage_done is not None:
       on_stage_done(name, results[name])
-  save_safetensors(model, os.path.join(workdir, "model"), dtype=jnp.float16)
+  if is_main_process():
+    save_safetensors(model, os.path.join(workdir, "model"), dtype=jnp.float16)
   return model, results

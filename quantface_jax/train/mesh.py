@@ -64,6 +64,15 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
+def wait_for_all_processes(name: str) -> None:
+  """A barrier across the JAX processes (no-op in one): e.g. before others read what process 0
+  wrote."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
 def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
   """A ("data", "fsdp") mesh over `devices` (default all); -1 on one axis takes what the other leaves."""
   devices = np.asarray(jax.devices() if devices is None else devices)

@@ -8,6 +8,8 @@ from quantface_jax.alloc import allocate
 from quantface_jax.quant import get_bits, quant_layers, set_bits
 from quantface_jax.quant.bits_map import load_bits_map
 
+pytestmark = pytest.mark.slow  # started first: see tests/conftest.py
+
 SETTINGS = dict(
   recipe="rtn", widths=(3, 4, 6), calib_count=2, sweep_count=2, chunk_size=4, progress=False
 )  # chunk_size: test_sensitivity's, so the compilation is shared.

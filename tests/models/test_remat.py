@@ -4,9 +4,12 @@ import jax
 import jax.extend
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from quantface_jax.models import build, set_remat
+
+pytestmark = pytest.mark.slow  # started first: see tests/conftest.py
 
 
 def primitives(jaxpr) -> set[str]:

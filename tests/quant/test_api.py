@@ -112,6 +112,7 @@ def test_bits_map_json_round_trip(setup, tmp_path):
     set_bits(qmodel, {"vre.encoder.conv_in": (4, 4)})
 
 
+@pytest.mark.slow
 def test_deeper_balanced_model_equals_original():
   """Three resolution levels, two layers per block (UNet and VAE): still exact with quant off."""
   import dataclasses

@@ -17,6 +17,8 @@ from quantface_jax.quant.export import (
   save_quantized,
 )
 
+pytestmark = pytest.mark.slow  # started first: see tests/conftest.py
+
 
 @pytest.fixture(scope="module")
 def quantized(tiny_model):

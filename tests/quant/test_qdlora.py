@@ -96,6 +96,7 @@ def tiny_pair(tmp_path_factory, tiny_model):
   return tiny_model, quantized
 
 
+@pytest.mark.slow
 def test_model_equals_fp_at_init_when_quant_off(tiny_pair):
   fp, quantized = tiny_pair
   student = qdlora.to_qdlora(quantized, rank=4, lora_rank=4, sigma=0.05)

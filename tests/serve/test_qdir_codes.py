@@ -2,6 +2,7 @@
 codes (so the same model), and the file's size follows the widths."""
 
 import numpy as np
+import pytest
 from flax import nnx
 
 from quantface_jax import checkpoint
@@ -10,12 +11,21 @@ from quantface_jax.quant.export import STATE_FILE, weight_codes
 from quantface_jax.quant.layers import QuantConv2d
 
 
+@nnx.jit
+def layer_outputs(model, inputs):
+  """Every quantized layer of `model` on its input: one compiled program, not op-by-op dispatch."""
+  layers = quant_layers(model)
+  return {path: layers[path](x) for path, x in inputs.items()}
+
+
+@pytest.mark.slow
 def test_codes_and_layers_survive_the_round_trip(quantized, tmp_path):
   model, recipe = quantized
   loaded = load_quantized(save_quantized(model, recipe, tmp_path / "q", base_ckpt="tiny"))
   before, after = quant_layers(model), quant_layers(loaded)
   assert before.keys() == after.keys()
   rng = np.random.default_rng(0)
+  inputs = {}
   for path, layer in before.items():
     (codes, scale), (codes_back, scale_back) = weight_codes(layer), weight_codes(after[path])
     np.testing.assert_array_equal(codes_back, codes, err_msg=path)
@@ -25,8 +35,10 @@ def test_codes_and_layers_survive_the_round_trip(quantized, tmp_path):
     shape = (
       (2, 6, 6, layer.in_channels) if isinstance(layer, QuantConv2d) else (2, layer.in_channels)
     )
-    x = rng.standard_normal(shape).astype(np.float32)
-    y, y_back = np.asarray(layer(x)), np.asarray(after[path](x))
+    inputs[path] = rng.standard_normal(shape).astype(np.float32)
+  outputs, outputs_back = layer_outputs(model, inputs), layer_outputs(loaded, inputs)
+  for path, y in outputs.items():
+    y, y_back = np.asarray(y), np.asarray(outputs_back[path])
     np.testing.assert_allclose(y_back, y, rtol=0, atol=1e-5 * np.abs(y).max(), err_msg=path)
 
 

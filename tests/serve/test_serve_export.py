@@ -96,6 +96,7 @@ def test_w4_weights_are_small(serve_dir):
   assert account["weights_by_bits"]["8"]["ratio"] <= 0.6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", [(8, 8), (4, 8), (4, 4)])
 def test_restore_matches_fake_quant(quantized, lq, bits):
   """Every layer agrees to float rounding (test_serve_layers), but a quantized network is discontinuous:

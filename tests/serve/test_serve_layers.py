@@ -53,6 +53,7 @@ def layer_io(model, lq, **serve_kwargs) -> dict:
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", [(8, 8), (4, 8), (4, 4)])
 def test_layers_match_fake_quant(quantized, lq, bits):
   """Codes are identical (same balancing code, same rounding), integer sums are exact: the only
@@ -81,6 +82,7 @@ def test_layers_match_fake_quant(quantized, lq, bits):
   } <= kinds
 
 
+@pytest.mark.slow
 def test_storage_and_backends(quantized, lq):
   """Packed storage as documented, and the Pallas kernels (interpret mode) agree with XLA."""
   model = quantized[0]

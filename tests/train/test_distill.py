@@ -17,6 +17,10 @@ from quantface_jax.train.config_utils import apply_overrides, load_config_file
 from quantface_jax.train.logging import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# One worker runs the QD-LoRA tests (here, the TPU export's and the multi-process one) in turn: they
+# share the PTQ model and, through the persistent compilation cache, the compiled training step.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("qdlora")]
+TRAIN = ["train.lr=3e-3"]  # every training here compiles the same step (the peak lr is a constant)
 
 
 def tiny_config(root, *overrides):
@@ -58,7 +62,7 @@ def setup(tmp_path_factory):
 
 def test_loss_falls_only_branches_train_and_resume_is_bit_exact(setup, tmp_path):
   config, quantized, _ = setup
-  config = apply_overrides(config.copy_and_resolve_references(), ["train.steps=6", "train.lr=3e-3"])
+  config = apply_overrides(config.copy_and_resolve_references(), ["train.steps=6", *TRAIN])
   batch = next(stream(config)(0))
 
   def fixed(start):  # one batch over and over: its loss must fall
@@ -95,7 +99,7 @@ def test_loss_falls_only_branches_train_and_resume_is_bit_exact(setup, tmp_path)
 
 def test_train_qdlora_writes_a_loadable_merged_qdir(setup, tmp_path):
   config, _, qdir = setup
-  config = apply_overrides(config.copy_and_resolve_references(), ["train.steps=1"])
+  config = apply_overrides(config.copy_and_resolve_references(), ["train.steps=1", *TRAIN])
   workdir = tmp_path / "work"
   workdir.mkdir()
   os.symlink(qdir, workdir / "quantized")  # the shared PTQ model

@@ -7,6 +7,7 @@ import re
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 from test_distill import shared_quantized, stage_for
 from test_fp_stages import tiny_config
@@ -46,6 +47,7 @@ def test_fp_training_step_exports_for_tpu(tmp_path):
   assert "stablehlo.convolution" in text
 
 
+@pytest.mark.xdist_group("qdlora")  # with test_distill.py: the same PTQ model
 def test_qdlora_training_step_exports_for_tpu(tmp_path_factory):
   config, quantized, _ = shared_quantized(tmp_path_factory)
   text = train_step_text(stage_for(config, quantized, None), distill.trainer_config(config))
