@@ -38,7 +38,20 @@ class _Probe(nnx.Module):
     return y
 
 
+# Output shapes by (model config, resolution): they follow from the architecture alone, and tracing
+# the model for them takes seconds, once per QDIR written or account printed otherwise.
+_SHAPE_CACHE: dict[tuple, dict[str, tuple]] = {}
+
+
 def _output_shapes(model: nnx.Module, layers: dict, resolution: int) -> dict[str, tuple]:
+  key = (model.config, resolution)
+  cached = _SHAPE_CACHE.get(key)
+  if cached is None or not layers.keys() <= cached.keys():
+    _SHAPE_CACHE[key] = cached = _traced_output_shapes(model, layers, resolution)
+  return {path: cached[path] for path in layers}
+
+
+def _traced_output_shapes(model: nnx.Module, layers: dict, resolution: int) -> dict[str, tuple]:
   for path, layer in layers.items():
     rules_lib.set_module(model, path, _Probe(layer, path))
   try:

@@ -73,8 +73,13 @@ WORKER = textwrap.dedent("""
       from quantface_jax.train import distill
       from quantface_jax.train.config_utils import load_config_file
 
-      config = load_config_file("configs/qdlora_tiny.py")
-      student = qdlora.to_qdlora(load_quantized(os.environ["QDIR"]), rank=4, lora_rank=4, sigma=0.05)
+      # test_distill.py's configuration, student and batch: process 0 of 1 finds its compiled step
+      # in the persistent compilation cache.
+      from quantface_jax.train.config_utils import apply_overrides
+      config = apply_overrides(load_config_file("configs/qdlora_tiny.py"), json.loads(os.environ["OVERRIDES"]))
+      q = config.qdlora
+      student = qdlora.to_qdlora(load_quantized(os.environ["QDIR"]), rank=q.rank, lora_rank=q.lora_rank,
+                                 sigma=q.sigma, seed=q.seed, learn_scales=q.learn_scales)
       noise = np.random.default_rng(1)  # perturbed, fake quantization off: see the test below
       nnx.update(student, jax.tree.map(
           lambda v: v * (1 + 0.05 * noise.standard_normal(v.shape)).astype(v.dtype),
@@ -85,14 +90,15 @@ WORKER = textwrap.dedent("""
       cfg.steps = 4
       program = trainer.build_train_program(stage, cfg, mesh_lib.make_mesh(data, fsdp))
       state = program.state.replace(step=program.state.step + 2)  # past warmup: lr > 0
-      lq = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
-      share = lq[pid * 8 // count:(pid + 1) * 8 // count]
+      rows = config.train.batch_size
+      pair = np.random.default_rng(0).uniform(-1, 1, (2, rows, 32, 32, 3)).astype(np.float32)
+      share = {k: v[pid * rows // count:(pid + 1) * rows // count] for k, v in zip(("lq", "hq"), pair)}
       if fsdp > 1:  # the frozen teacher and residuals are split over "fsdp"
         assert any("fsdp" in str(s.spec) for s in jax.tree.leaves(program.frozen_sharding))
       # The same compiled step with fake quantization on: the `enabled` flags are data.
       quantized_frozen = jax.tree_util.tree_map_with_path(
           lambda path, x: np.ones_like(x) if "enabled" in jax.tree_util.keystr(path) else x, program.frozen)
-      batch = trainer.to_global({"lq": share}, program.batch_sharding)
+      batch = trainer.to_global(share, program.batch_sharding)
       host_state = jax.tree.map(np.array, state)  # the step donates its state: fresh buffers per call
       args = lambda frozen: (jax.device_put(host_state, program.state_sharding),
                              jax.device_put(frozen, program.frozen_sharding), batch)
@@ -415,9 +421,12 @@ def test_qdlora_step_on_two_processes_equals_one(tmp_path, tmp_path_factory):
   and the quantized step, the same compiled program with the `enabled` flags set, gets the tolerance
   of a few flipped codes, which still catches a missing all-reduce or a wrong fsdp gather (errors of
   order 1)."""
-  from test_distill import shared_quantized
+  from test_distill import TRAIN, shared_quantized
+
+  from quantface_jax.train.config_utils import apply_overrides
 
   config, _, qdir = shared_quantized(tmp_path_factory)
+  config = apply_overrides(config.copy_and_resolve_references(), TRAIN)
   runs = {}
   for processes, devices, data, fsdp in ((1, 1, 1, 1), (2, 2, 2, 2)):
     results = tmp_path / f"distill_{processes}"
@@ -433,6 +442,7 @@ def test_qdlora_step_on_two_processes_equals_one(tmp_path, tmp_path_factory):
       timeout=600,  # the distillation step's trace and compile: a minute or more per process
       QUANTFACE_DISTRIBUTED_TIMEOUT_S="600",  # heartbeats every 60 s through a loaded compile
       QDIR=str(qdir),
+      OVERRIDES=json.dumps(TRAIN),
     )
     check_ok(outputs)
     runs[processes] = load_params(results)
