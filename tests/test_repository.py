@@ -1,9 +1,9 @@
 """The repository speaks of the project alone: no development-process words in what ships.
 
 Scanned: README.md, CHANGELOG.md, docs/, benchmarks/, configs/, convert/, examples/, quantface_jax/
-and tests/ (text files; not this file, whose self-test spells out what it flags). Flagged: "session" as a period of work (pytest's ``scope="session"`` is fine), a "lease",
-a "lent" machine or its call limit, issue numbers ("issue #12", "issue 12", "#12"), and citations of a design
-document outside the repository ("DESIGN §2", "DESIGN.md"; cite docs/design.md).
+and tests/ (text files; not this file, which must spell out what it flags). Flagged: the kinds of
+`PATTERNS` (words for periods of work and for the machines they ran on, issue numbers, citations
+of a design document outside the repository); `ALLOWED` spares pytest's fixture scope.
 """
 
 import pathlib

@@ -116,29 +116,28 @@ def weight_codes(layer: QuantLinear | QuantConv2d) -> tuple[np.ndarray, np.ndarr
   w_bits = int(layer.w_bits[...])
   if not (bool(layer.enabled[...]) and layer.config.w_symmetric and 2 <= w_bits <= 8):
     return None
-  layout = layer.config.weight_quantizer.layout
-  codes, scale = _symmetric_codes(layer.kernel[...], layer.w_clip[...], w_bits, **layout)
+  layout = tuple(layer.config.weight_quantizer.layout.items())
+  codes, scale = _symmetric_codes(layer.kernel[...], layer.w_clip[...], w_bits, layout=layout)
   return np.asarray(codes, np.int8), np.asarray(scale, np.float32)
 
 
 # Compiled once per kernel shape and layout: a model's export is tens of small programs instead of
-# a thousand op-by-op dispatches. Widths are traced, as everywhere in the quantizers.
-@functools.partial(jax.jit, static_argnames=("granularity", "axis", "group_size"))
-def _symmetric_codes(kernel, clip_ratio, bits, *, granularity, axis, group_size):
-  layout = dict(granularity=granularity, axis=axis, group_size=group_size)
+# a thousand op-by-op dispatches. Widths are traced, as everywhere in the quantizers; the scale
+# groups' layout (`QuantizerConfig.layout`) is static, as its items.
+@functools.partial(jax.jit, static_argnames=("layout",))
+def _symmetric_codes(kernel, clip_ratio, bits, *, layout):
   scale, zero = quantizers.qparams_from_range(
-    *quantizers.range_stats(kernel, **layout), bits, symmetric=True, clip_ratio=clip_ratio
+    *quantizers.range_stats(kernel, **dict(layout)), bits, symmetric=True, clip_ratio=clip_ratio
   )
   return quantizers.quantize_int(kernel, scale, zero, bits, symmetric=True), scale
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "granularity", "axis", "group_size"))
-def _decoded_kernel(stored, scale, *, shape, granularity, axis, group_size):
+@functools.partial(jax.jit, static_argnames=("shape", "layout"))
+def _decoded_kernel(stored, scale, *, shape, layout):
   """(R = codes·scale of ``shape``, its per-group absmax) from the GEMM storage format."""
   codes = kernels.unpack_weight(stored, math.prod(shape[:-1])).T.reshape(shape)
   kernel = quantizers.dequantize(codes, scale, 0.0)
-  layout = dict(granularity=granularity, axis=axis, group_size=group_size)
-  return kernel, quantizers.reduce_groups(jnp.abs(kernel), jnp.max, **layout)
+  return kernel, quantizers.reduce_groups(jnp.abs(kernel), jnp.max, **dict(layout))
 
 
 _pack_weight = jax.jit(kernels.pack_weight, static_argnums=1)
@@ -181,8 +180,8 @@ def _decode_kernels(model: OSDFace, tensors: dict[str, np.ndarray], source: path
     k, n = math.prod(shape[:-1]), shape[-1]
     if stored.shape != ((n, -(-k // 2)) if bits <= 4 else (n, k)):
       raise ValueError(f"{source}: {key} has shape {stored.shape}, not that of W{bits} {shape}")
-    layout = layer.config.weight_quantizer.layout
-    kernel, absmax = _decoded_kernel(stored, scale, shape=shape, **layout)
+    layout = tuple(layer.config.weight_quantizer.layout.items())
+    kernel, absmax = _decoded_kernel(stored, scale, shape=shape, layout=layout)
     tensors[f"{path}.kernel"], absmax = np.asarray(kernel), np.asarray(absmax)
     tensors[f"{path}.w_clip"] = _exact_clip_ratio(absmax, scale, bits)
 
